@@ -1,0 +1,102 @@
+"""The `gateway` command line (shared/INTERFACE.md, "Command line").
+
+Every command exits non-zero with a one-line reason on bad input: configuration and policy
+errors are caught here and printed as `gateway: <reason>`, never as a traceback.
+Subsystems keep their commands beside their code (a click group each) and are added below.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from flask import Flask
+
+from gateway.policy import PolicyError
+from gateway.settings import Settings, SettingsError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Failure(click.ClickException):
+    """A one-line reason; exit code 1 (2 for usage errors, as click does)."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"gateway: {self.format_message()}", err=True)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        raise Failure(str(exc)) from None
+
+
+def load_app(settings: Settings | None = None) -> Flask:
+    from gateway.app import create_app
+
+    try:
+        return create_app(settings or load_settings())
+    except (SettingsError, PolicyError) as exc:
+        raise Failure(str(exc)) from None
+
+
+def one_line_errors(func: F) -> F:
+    """Turn configuration errors raised inside a command into the one-line form."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (SettingsError, PolicyError) as exc:
+            raise Failure(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="abroad-gateway", prog_name="gateway")
+def main() -> None:
+    """abroad-gateway: an identity front door for people who live abroad."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@one_line_errors
+def serve(host: str, port: int, workers: int) -> None:
+    """Run the gateway (gunicorn; several worker processes with --workers)."""
+    from gateway.server import run
+
+    settings = load_settings()
+    load_app(settings)  # fail fast, with one line, before gunicorn forks
+    run(settings, host=host, port=port, workers=workers)
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@one_line_errors
+def db_upgrade() -> None:
+    """Apply migrations to GATEWAY_DATABASE_URL."""
+    from sqlalchemy.exc import OperationalError
+
+    from gateway.db import upgrade
+
+    settings = load_settings()
+    try:
+        upgrade(settings.database_url)
+    except OperationalError as exc:
+        raise Failure(f"GATEWAY_DATABASE_URL: cannot reach the database ({exc.orig})") from None
+    click.echo("database is at the newest revision")
+
+
+def run() -> None:  # pragma: no cover - console entry point alias
+    sys.exit(main())

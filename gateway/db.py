@@ -1,0 +1,198 @@
+"""Database access: the declarative base, the engine, request-scoped sessions and migrations.
+
+SQLite is the embedded default (WAL journal, foreign keys on, a busy timeout so several
+workers can share it); PostgreSQL is reached through psycopg 3. The schema is owned by
+Alembic (`gateway/migrations`); `tests/test_migrations.py` proves models and migrations agree.
+
+Every model module is listed in `MODEL_MODULES` so that the metadata Alembic compares
+against is complete however the app was imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Flask, current_app, g
+from sqlalchemy import event
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from gateway.settings import Settings, normalise_database_url
+
+#: Modules that define tables. A new model module is added here.
+MODEL_MODULES: tuple[str, ...] = (
+    "gateway.audit",
+    "gateway.store",
+)
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python, whatever the database keeps.
+
+    SQLite has no time zones; PostgreSQL gets `timestamp with time zone`. Naive datetimes are
+    refused on the way in, so local time can never slip into an expiry.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTCDateTime column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def import_models() -> sa.MetaData:
+    for name in MODEL_MODULES:
+        importlib.import_module(name)
+    return Base.metadata
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    url = normalise_database_url(url)
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30}, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # Let SQLAlchemy issue BEGIN itself so transactions mean what they say.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: sa.Connection) -> None:
+            # IMMEDIATE takes the write lock up front: two workers can never both read a
+            # counter and then both write it.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+class Database:
+    """The engine and a session factory for one app."""
+
+    def __init__(self, url: str) -> None:
+        self.url = normalise_database_url(url)
+        self.engine = make_engine(self.url)
+        self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def begin(self) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on any error."""
+        with self.sessionmaker.begin() as session:
+            yield session
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def init_app(app: Flask, settings: Settings) -> Database:
+    import_models()
+    database = Database(settings.database_url)
+    app.extensions["gateway.db"] = database
+
+    @app.teardown_appcontext
+    def _close_session(_exc: BaseException | None) -> None:
+        session: Session | None = g.pop("db_session", None)
+        if session is not None:
+            # Anything not committed explicitly by a service is thrown away: no half-written rows.
+            session.rollback()
+            session.close()
+
+    return database
+
+
+def get_db(app: Flask | None = None) -> Database:
+    db: Database = (app or current_app).extensions["gateway.db"]
+    return db
+
+
+def session() -> Session:
+    """The session of the current request (or app context), closed when it ends."""
+    if "db_session" not in g:
+        g.db_session = get_db().sessionmaker()
+    s: Session = g.db_session
+    return s
+
+
+def utcnow() -> datetime:
+    from gateway.clock import now
+
+    return now()
+
+
+# --- migrations -----------------------------------------------------------------------------
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def alembic_config(url: str) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", normalise_database_url(url).replace("%", "%%"))
+    return cfg
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Apply migrations up to `revision` (what `gateway db upgrade` runs)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+def current_revision(url: str) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rev: str | None = MigrationContext.configure(conn).get_current_revision()
+            return rev
+    finally:
+        engine.dispose()

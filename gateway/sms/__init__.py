@@ -1,0 +1,1 @@
+"""Phones and one-time codes: phone policy, codes, providers and abuse limits."""
