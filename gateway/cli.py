@@ -77,6 +77,17 @@ def serve(host: str, port: int, workers: int) -> None:
     run(settings, host=host, port=port, workers=workers)
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@one_line_errors
+def demo(host: str, port: int) -> None:
+    """Seed demo data, print what to open and type, and serve."""
+    from gateway.demo import run_demo
+
+    run_demo(host, port)
+
+
 @main.group()
 def db() -> None:
     """Database schema."""

@@ -51,13 +51,14 @@ class DesksPolicy(BaseModel):
 
     desks: list[Desk] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _unique_codes(self) -> DesksPolicy:
-        codes = [d.code for d in self.desks]
+    @field_validator("desks")
+    @classmethod
+    def _unique_codes(cls, desks: list[Desk]) -> list[Desk]:
+        codes = [d.code for d in desks]
         dupes = sorted({c for c in codes if codes.count(c) > 1})
         if dupes:
             raise ValueError(f"desk codes must be unique; repeated: {', '.join(dupes)}")
-        return self
+        return desks
 
     def get(self, code: str) -> Desk | None:
         return next((d for d in self.desks if d.code == code), None)

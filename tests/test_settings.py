@@ -1,0 +1,106 @@
+"""Settings: every malformed variable stops start-up with a message naming it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import Settings, SettingsError
+
+
+def env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {"GATEWAY_INSTANCE_DIR": str(tmp_path), **extra}
+
+
+def test_defaults_serve_a_single_machine_demo(tmp_path: Path) -> None:
+    s = Settings.from_env(env(tmp_path))
+    assert s.issuer == "http://127.0.0.1:8000"
+    assert s.database_url == f"sqlite:///{tmp_path / 'gateway.db'}"
+    assert s.redis_url is None
+    assert s.sms_providers == ("outbox",)
+    assert s.sms_outbox == tmp_path / "sms-outbox.jsonl"
+    assert s.mail_url == "outbox"
+    assert s.mail_outbox == tmp_path / "mail-outbox.jsonl"
+    assert s.dev
+
+
+def test_dev_secret_is_generated_once_with_private_mode(tmp_path: Path) -> None:
+    first = Settings.from_env(env(tmp_path)).secret_key
+    second = Settings.from_env(env(tmp_path)).secret_key
+    assert first == second and len(first) >= 32
+    assert (tmp_path / "secret-key").stat().st_mode & 0o777 == 0o600
+
+
+def test_derived_keys_differ_per_purpose(tmp_path: Path) -> None:
+    s = Settings.from_env(env(tmp_path, GATEWAY_SECRET_KEY="k" * 40))
+    assert s.derive_key("otp") != s.derive_key("audit-chain")
+    assert s.derive_key("otp") == s.derive_key("otp")
+
+
+def test_failover_order_is_kept(tmp_path: Path) -> None:
+    s = Settings.from_env(env(tmp_path, GATEWAY_SMS_PROVIDER="kannel, http"))
+    assert s.sms_providers == ("kannel", "http")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("GATEWAY_ISSUER", "ftp://example.org"),
+        ("GATEWAY_ISSUER", "not a url"),
+        ("GATEWAY_ISSUER", "https://gw.example/?x=1"),
+        ("GATEWAY_ISSUER", "https://user:pw@gw.example"),
+        ("GATEWAY_DATABASE_URL", "mysql://root@localhost/db"),
+        ("GATEWAY_REDIS_URL", "http://127.0.0.1:6379"),
+        ("GATEWAY_POLICIES", "/nonexistent/policies"),
+        ("GATEWAY_SECRET_KEY", "too-short"),
+        ("GATEWAY_SMS_PROVIDER", "carrier-pigeon"),
+        ("GATEWAY_SMS_PROVIDER", "outbox,outbox"),
+        ("GATEWAY_SMS_PROVIDER", ""),
+        ("GATEWAY_MAIL_URL", "http://mail.example"),
+        ("GATEWAY_MAIL_URL", "smtp://mail.example:notaport"),
+        ("GATEWAY_ENV", "staging"),
+    ],
+)
+def test_malformed_variable_is_named(tmp_path: Path, variable: str, value: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(env(tmp_path, **{variable: value}))
+    message = str(info.value)
+    assert message.startswith(variable + ":")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("extra", "variable"),
+    [
+        ({}, "GATEWAY_ISSUER"),
+        ({"GATEWAY_ISSUER": "https://gw.example"}, "GATEWAY_SECRET_KEY"),
+        ({"GATEWAY_ISSUER": "https://gw.example", "GATEWAY_SECRET_KEY": "s" * 40}, "GATEWAY_SMS_PROVIDER"),
+        (
+            {"GATEWAY_ISSUER": "https://gw.example", "GATEWAY_SECRET_KEY": "s" * 40,
+             "GATEWAY_SMS_PROVIDER": "kannel"},
+            "GATEWAY_MAIL_URL",
+        ),
+    ],
+)
+def test_production_refuses_demo_shortcuts(tmp_path: Path, extra: dict[str, str], variable: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{variable}:"):
+        Settings.from_env(env(tmp_path, GATEWAY_ENV="production", **extra))
+
+
+def test_production_accepts_a_complete_configuration(tmp_path: Path) -> None:
+    s = Settings.from_env(env(
+        tmp_path, GATEWAY_ENV="production", GATEWAY_ISSUER="https://gw.example/",
+        GATEWAY_SECRET_KEY="s" * 40, GATEWAY_SMS_PROVIDER="kannel,http",
+        GATEWAY_MAIL_URL="smtp://mail.example:587",
+    ))
+    assert s.issuer == "https://gw.example" and s.https and not s.dev
+    assert not (tmp_path / "secret-key").exists()
+
+
+def test_postgres_urls_use_psycopg3() -> None:
+    from gateway.settings import normalise_database_url
+
+    assert normalise_database_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalise_database_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalise_database_url("sqlite:///x.db") == "sqlite:///x.db"
