@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from gateway.accounts.policy import AccountsPolicy
 from gateway.desks.policy import DesksPolicy, EligibilityPolicy
 from gateway.levels import LevelsPolicy
 from gateway.sms.policy import SmsPolicy
@@ -28,6 +29,7 @@ M = TypeVar("M", bound=BaseModel)
 
 #: file name -> model; every file is required.
 POLICY_FILES: dict[str, type[BaseModel]] = {
+    "accounts.yaml": AccountsPolicy,
     "desks.yaml": DesksPolicy,
     "eligibility.yaml": EligibilityPolicy,
     "levels.yaml": LevelsPolicy,
@@ -37,6 +39,7 @@ POLICY_FILES: dict[str, type[BaseModel]] = {
 
 @dataclass(frozen=True)
 class Policies:
+    accounts: AccountsPolicy
     desks: DesksPolicy
     eligibility: EligibilityPolicy
     levels: LevelsPolicy
@@ -69,6 +72,7 @@ def load_file(path: Path, model: type[M]) -> M:
 def load_policies(folder: Path) -> Policies:
     loaded = {name: load_file(folder / name, model) for name, model in POLICY_FILES.items()}
     return Policies(
+        accounts=loaded["accounts.yaml"],  # type: ignore[arg-type]
         desks=loaded["desks.yaml"],  # type: ignore[arg-type]
         eligibility=loaded["eligibility.yaml"],  # type: ignore[arg-type]
         levels=loaded["levels.yaml"],  # type: ignore[arg-type]

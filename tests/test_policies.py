@@ -44,6 +44,9 @@ def test_shipped_policies_load() -> None:
 
 
 BAD_FIELDS = [
+    ("accounts.yaml", lambda d: d["password"].__setitem__("min_length", 6), "password.min_length"),
+    ("accounts.yaml", lambda d: d["password"]["argon2"].__setitem__("memory_cost_kib", 1024),
+     "password.argon2.memory_cost_kib"),
     ("desks.yaml", lambda d: d["desks"][0].__setitem__("timezone", "Mars/Olympus"), "desks.0.timezone"),
     ("desks.yaml", lambda d: d["desks"][1].__setitem__("code", d["desks"][0]["code"]), "desks"),
     ("desks.yaml", lambda d: d["desks"][2].__setitem__("country", "Germany"), "desks.2.country"),

@@ -1,0 +1,1 @@
+"""Citizen accounts: usernames, passwords, activation and the account record."""
