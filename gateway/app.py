@@ -26,6 +26,34 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings.instance_dir.mkdir(parents=True, exist_ok=True)
 
     db.init_app(app, settings)
+
+    from gateway import i18n, store, web
+
+    store.init_app(app, settings)  # shared state: Redis when configured, else the database
+    i18n.init_app(app, settings)
+    web.init_app(app, settings)  # sessions, CSRF, headers, error pages, health, metrics
+
+    from gateway import keys
+
+    keys.init_app(app, settings)  # creates the signing keys on first start
+
+    from gateway import mail
+
+    mail.init_app(app, settings)
+
+    from gateway.sms import dispatch as sms_dispatch
+    from gateway.sms import views as sms_views
+
+    sms_dispatch.init_app(app, settings)  # parses GATEWAY_KANNEL_* / GATEWAY_SMS_HTTP_* now
+
+    from gateway.sms import service as sms_service
+
+    sms_service.init_app(app, settings)  # codes + limits + dispatch: get_sms_service()
+    sms_views.init_app(app)  # /sms/dlr delivery reports
+
+    from gateway.desks import blueprint as desk_blueprints
+
+    desk_blueprints.init_app(app)  # /desk staff pages and the /desk/api JSON API
     return app
 
 

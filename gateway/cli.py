@@ -105,8 +105,34 @@ def db_upgrade() -> None:
     try:
         upgrade(settings.database_url)
     except OperationalError as exc:
-        raise Failure(f"GATEWAY_DATABASE_URL: cannot reach the database ({exc.orig})") from None
+        reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else "no answer"
+        raise Failure(f"GATEWAY_DATABASE_URL: cannot reach the database ({reason})") from None
     click.echo("database is at the newest revision")
+
+
+from gateway.mail.cli import mail as mail_commands  # noqa: E402 - after main exists
+
+main.add_command(mail_commands)
+
+from gateway.desks.cli import register as register_commands  # noqa: E402 - after main exists
+
+main.add_command(register_commands)
+
+from gateway.keys import keys_cli  # noqa: E402 - after main exists
+
+main.add_command(keys_cli)
+
+from gateway.audit import audit_cli  # noqa: E402 - after main exists
+
+main.add_command(audit_cli)
+
+from gateway.desks.cli_staff import desk as desk_commands  # noqa: E402 - after main exists
+
+main.add_command(desk_commands)
+
+from gateway.sms.cli import sms as sms_commands  # noqa: E402 - after main exists
+
+main.add_command(sms_commands)
 
 
 def run() -> None:  # pragma: no cover - console entry point alias

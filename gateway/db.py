@@ -27,8 +27,13 @@ from gateway.settings import Settings, normalise_database_url
 
 #: Modules that define tables. A new model module is added here.
 MODEL_MODULES: tuple[str, ...] = (
+    "gateway.accounts.models",
+    "gateway.desks.models",
+    "gateway.desks.register",
     "gateway.audit",
     "gateway.store",
+    "gateway.sms.codes",
+    "gateway.sms.models",
 )
 
 NAMING_CONVENTION = {
@@ -82,7 +87,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 30}, **kwargs)
+        engine = sa.create_engine(
+            url, connect_args={"timeout": 30}, hide_parameters=True, **kwargs
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -101,7 +108,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, **kwargs)
+    # hide_parameters: database errors must never carry personal values into logs.
+    return sa.create_engine(url, pool_pre_ping=True, hide_parameters=True, **kwargs)
 
 
 class Database:

@@ -9,16 +9,95 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
-from flask_babel import gettext, lazy_gettext, ngettext
+from flask import Flask, g, has_request_context, request
+from flask_babel import Babel, gettext, lazy_gettext, ngettext
+
+if TYPE_CHECKING:
+    from flask import Response
+
+    from gateway.settings import Settings
 
 TRANSLATIONS_DIR = Path(__file__).resolve().parent / "translations"
 LANGUAGES = ("nl", "en")
 DEFAULT_LANGUAGE = "nl"
+#: Remembers an explicit ?lang= choice; not a tracking cookie (no identifier, only "nl"/"en").
+LANGUAGE_COOKIE = "gw_lang"
+LANGUAGE_COOKIE_MAX_AGE = 365 * 24 * 3600
+#: The query parameter that switches the language on any page (shared/INTERFACE.md, "Forms").
+LANGUAGE_PARAM = "lang"
 
-__all__ = ["LANGUAGES", "gettext", "lazy_gettext", "ngettext"]
+__all__ = [
+    "LANGUAGES",
+    "current_language",
+    "gettext",
+    "init_app",
+    "lazy_gettext",
+    "ngettext",
+]
+
+
+def select_language() -> str:
+    """?lang=nl|en, else the remembered choice, else Accept-Language, else Dutch."""
+    if not has_request_context():
+        return DEFAULT_LANGUAGE
+    cached: str | None = g.get("gateway_language")
+    if cached is not None:
+        return cached
+    choice = request.args.get(LANGUAGE_PARAM, "")
+    if choice in LANGUAGES:
+        g.gateway_language_chosen = choice
+        language = choice
+    else:
+        remembered = request.cookies.get(LANGUAGE_COOKIE, "")
+        if remembered in LANGUAGES:
+            language = remembered
+        else:
+            language = request.accept_languages.best_match(LANGUAGES) or DEFAULT_LANGUAGE
+    g.gateway_language = language
+    return language
+
+
+def current_language() -> str:
+    """The language of the current request ("nl" or "en"); Dutch outside a request."""
+    return select_language()
+
+
+def init_app(app: Flask, settings: Settings) -> Babel:
+    """Wire Flask-Babel: catalogs from gateway/translations, language chosen per request."""
+    babel = Babel()
+    babel.init_app(
+        app,
+        default_locale=DEFAULT_LANGUAGE,
+        default_translation_directories=str(TRANSLATIONS_DIR),
+        locale_selector=select_language,
+    )
+    secure = settings.https
+
+    @app.after_request
+    def _remember_language(response: Response) -> Response:
+        chosen: str | None = g.get("gateway_language_chosen")
+        if chosen is not None and request.cookies.get(LANGUAGE_COOKIE) != chosen:
+            response.set_cookie(
+                LANGUAGE_COOKIE,
+                chosen,
+                max_age=LANGUAGE_COOKIE_MAX_AGE,
+                path="/",
+                secure=secure,
+                httponly=True,
+                samesite="Lax",
+            )
+        if response.mimetype == "text/html":
+            # The same URL answers in another language for another browser or cookie.
+            response.vary.add("Accept-Language")
+            response.vary.add("Cookie")
+        return response
+
+    app.jinja_env.globals["current_language"] = current_language
+    return babel
 
 
 def compile_catalogs() -> list[Path]:

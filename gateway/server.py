@@ -11,6 +11,7 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
+from gateway import metrics
 from gateway.settings import Settings
 
 
@@ -31,6 +32,9 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
 
 def run(settings: Settings, *, host: str, port: int, workers: int) -> None:
+    # Each worker counts in files of its own there; /metrics adds them up. Emptied now, before
+    # any worker starts, so counts from an earlier run never leak in.
+    metrics.prepare_multiprocess_dir(settings.instance_dir / "prometheus-multiproc")
     options = {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
@@ -44,5 +48,6 @@ def run(settings: Settings, *, host: str, port: int, workers: int) -> None:
         "accesslog": None,  # the app writes its own JSON request log without personal data
         "forwarded_allow_ips": settings.environ.get("GATEWAY_FORWARDED_ALLOW_IPS", "127.0.0.1"),
         "preload_app": False,
+        "child_exit": lambda _server, worker: metrics.worker_exited(worker.pid),
     }
     _Gunicorn(settings, options).run()

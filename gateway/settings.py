@@ -51,6 +51,17 @@ class Settings:
     #: The raw environment, for subsystems that read variables of their own.
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
+    def __repr__(self) -> str:
+        # Never print secrets: the key itself, and passwords that URLs may carry.
+        return (
+            f"Settings(env={self.env!r}, issuer={self.issuer!r}, "
+            f"instance_dir={str(self.instance_dir)!r}, "
+            f"database_url={_redact(self.database_url)!r}, redis_url={_redact(self.redis_url)!r}, "
+            f"sms_providers={self.sms_providers!r}, mail_url={_redact(self.mail_url)!r})"
+        )
+
+    __str__ = __repr__
+
     @property
     def dev(self) -> bool:
         return self.env == "dev"
@@ -67,7 +78,9 @@ class Settings:
     def derive_key(self, purpose: str) -> bytes:
         """A key for one purpose, derived from GATEWAY_SECRET_KEY, so that purposes never share
         a key (a code HMAC can never be replayed as an audit hash, for example)."""
-        return hmac.new(self.secret_key, b"abroad-gateway/" + purpose.encode(), hashlib.sha256).digest()
+        return hmac.new(
+            self.secret_key, b"abroad-gateway/" + purpose.encode(), hashlib.sha256
+        ).digest()
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -100,7 +113,8 @@ class Settings:
         providers = tuple(p.strip() for p in env.get("GATEWAY_SMS_PROVIDER", "outbox").split(","))
         if not providers or any(p not in SMS_PROVIDERS for p in providers):
             raise SettingsError(
-                "GATEWAY_SMS_PROVIDER: must be one or more of " + ", ".join(SMS_PROVIDERS)
+                "GATEWAY_SMS_PROVIDER: must be one or more of "
+                + ", ".join(SMS_PROVIDERS)
                 + " (comma-separated, in failover order)"
             )
         if len(set(providers)) != len(providers):
@@ -137,6 +151,16 @@ class Settings:
         )
 
 
+def _redact(url: str | None) -> str | None:
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{parts.username}:***@{netloc}").geturl()
+
+
 def _issuer(value: str) -> str:
     value = value.strip().rstrip("/")
     parts = urlsplit(value)
@@ -160,7 +184,7 @@ def normalise_database_url(url: str) -> str:
     """SQLAlchemy URL with the psycopg 3 driver for PostgreSQL."""
     for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 
@@ -168,7 +192,9 @@ def _secret_key(value: str | None, mode: str, instance_dir: Path) -> bytes:
     if value:
         raw = value.encode()
         if len(raw) < MIN_SECRET_BYTES:
-            raise SettingsError(f"GATEWAY_SECRET_KEY: must be at least {MIN_SECRET_BYTES} characters")
+            raise SettingsError(
+                f"GATEWAY_SECRET_KEY: must be at least {MIN_SECRET_BYTES} characters"
+            )
         return raw
     if mode != "dev":
         raise SettingsError("GATEWAY_SECRET_KEY: required in production")
@@ -184,4 +210,6 @@ def _secret_key(value: str | None, mode: str, instance_dir: Path) -> bytes:
     except FileExistsError:
         return path.read_text().strip().encode()
     except OSError as exc:
-        raise SettingsError(f"GATEWAY_INSTANCE_DIR: cannot keep the secret key there ({exc.strerror})") from exc
+        raise SettingsError(
+            f"GATEWAY_INSTANCE_DIR: cannot keep the secret key there ({exc.strerror})"
+        ) from exc

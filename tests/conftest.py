@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from gateway import clock
 from gateway.app import create_app
 from gateway.db import Base, get_db, import_models
 from gateway.settings import Settings
+from tests.kannel_harness import kannel  # noqa: F401 - the session fixture `kannel`
 
 TEST_DB = os.environ.get("GATEWAY_TEST_DB", "sqlite")
 TEST_REDIS = os.environ.get("GATEWAY_TEST_REDIS") or None
@@ -102,10 +104,24 @@ def redis_prefix() -> Iterator[str]:
         client.close()
 
 
+@pytest.fixture(scope="session")
+def keys_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One signing key set for the run, copied into every test's instance dir: generating an
+    RSA key per app would cost about 0.15 s a test. tests/test_keys.py covers first creation."""
+    from gateway.keys import KeyStore
+
+    folder = tmp_path_factory.mktemp("keys-template") / "keys"
+    KeyStore(folder).ensure()
+    return folder
+
+
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str, redis_prefix: str) -> Settings:
+def settings(
+    tmp_path: Path, database_url: str, redis_prefix: str, keys_template: Path
+) -> Settings:
     instance = tmp_path / "instance"
     instance.mkdir()
+    shutil.copytree(keys_template, instance / "keys")  # keeps the 0700/0600 modes
     return Settings.from_env(
         {
             "GATEWAY_INSTANCE_DIR": str(instance),

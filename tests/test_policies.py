@@ -1,4 +1,4 @@
-"""Policies: the shipped files load; a bad file stops start-up with one line naming file and field."""
+"""Policies: the shipped files load; a bad file stops start-up with one line naming it."""
 
 from __future__ import annotations
 
@@ -36,7 +36,11 @@ def test_shipped_policies_load() -> None:
     assert len(codes) == 25
     assert {"GB-LON", "US-WAS", "NL-SPL", "CW-WIL", "VIDEO"} <= codes
     kinds = [d.kind.value for d in p.desks.desks]
-    assert (kinds.count("abroad"), kinds.count("caribbean"), kinds.count("netherlands")) == (14, 4, 6)
+    assert (kinds.count("abroad"), kinds.count("caribbean"), kinds.count("netherlands")) == (
+        14,
+        4,
+        6,
+    )
     assert "NLD" in p.eligibility.nationalities and "DEU" in p.eligibility.nationalities
     assert "USA" not in p.eligibility.nationalities
     assert [e.name for e in p.levels.levels] == [lv.label for lv in Level]
@@ -45,15 +49,25 @@ def test_shipped_policies_load() -> None:
 
 BAD_FIELDS = [
     ("accounts.yaml", lambda d: d["password"].__setitem__("min_length", 6), "password.min_length"),
-    ("accounts.yaml", lambda d: d["password"]["argon2"].__setitem__("memory_cost_kib", 1024),
-     "password.argon2.memory_cost_kib"),
-    ("desks.yaml", lambda d: d["desks"][0].__setitem__("timezone", "Mars/Olympus"), "desks.0.timezone"),
+    (
+        "accounts.yaml",
+        lambda d: d["password"]["argon2"].__setitem__("memory_cost_kib", 1024),
+        "password.argon2.memory_cost_kib",
+    ),
+    (
+        "desks.yaml",
+        lambda d: d["desks"][0].__setitem__("timezone", "Mars/Olympus"),
+        "desks.0.timezone",
+    ),
     ("desks.yaml", lambda d: d["desks"][1].__setitem__("code", d["desks"][0]["code"]), "desks"),
     ("desks.yaml", lambda d: d["desks"][2].__setitem__("country", "Germany"), "desks.2.country"),
     ("desks.yaml", lambda d: d["desks"][0].__setitem__("kind", "moon"), "desks.0.kind"),
     ("eligibility.yaml", lambda d: d.__setitem__("nationalities", ["NL"]), "nationalities"),
-    ("eligibility.yaml", lambda d: d.__setitem__("accepted_documents", ["driving_licence"]),
-     "accepted_documents.0"),
+    (
+        "eligibility.yaml",
+        lambda d: d.__setitem__("accepted_documents", ["driving_licence"]),
+        "accepted_documents.0",
+    ),
     ("eligibility.yaml", lambda d: d.__setitem__("surprise", True), "surprise"),
     ("levels.yaml", lambda d: d["levels"][1].__setitem__("numeric", 15), "(top level)"),
     ("levels.yaml", lambda d: d["levels"].pop(), "(top level)"),
@@ -63,7 +77,9 @@ BAD_FIELDS = [
 
 
 @pytest.mark.parametrize(("name", "change", "field"), BAD_FIELDS)
-def test_bad_field_names_file_and_field(policies: Path, name: str, change: object, field: str) -> None:
+def test_bad_field_names_file_and_field(
+    policies: Path, name: str, change: object, field: str
+) -> None:
     edit(policies, name, change)
     with pytest.raises(PolicyError) as info:
         load_policies(policies)
@@ -95,7 +111,8 @@ def test_invalid_yaml_is_named(policies: Path, name: str) -> None:
 def test_start_up_stops_with_one_line(policies: Path, tmp_path: Path) -> None:
     edit(policies, "desks.yaml", lambda d: d["desks"][0].__setitem__("timezone", "Nowhere/Town"))
     result = CliRunner().invoke(
-        main, ["serve", "--port", "18999"],
+        main,
+        ["serve", "--port", "18999"],
         env={"GATEWAY_POLICIES": str(policies), "GATEWAY_INSTANCE_DIR": str(tmp_path / "i")},
     )
     assert result.exit_code == 1
@@ -107,7 +124,8 @@ def test_start_up_stops_with_one_line(policies: Path, tmp_path: Path) -> None:
 
 def test_bad_variable_stops_cli_with_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(
-        main, ["db", "upgrade"],
+        main,
+        ["db", "upgrade"],
         env={"GATEWAY_INSTANCE_DIR": str(tmp_path), "GATEWAY_ISSUER": "gopher://x"},
     )
     assert result.exit_code == 1

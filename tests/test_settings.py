@@ -75,25 +75,38 @@ def test_malformed_variable_is_named(tmp_path: Path, variable: str, value: str) 
     [
         ({}, "GATEWAY_ISSUER"),
         ({"GATEWAY_ISSUER": "https://gw.example"}, "GATEWAY_SECRET_KEY"),
-        ({"GATEWAY_ISSUER": "https://gw.example", "GATEWAY_SECRET_KEY": "s" * 40}, "GATEWAY_SMS_PROVIDER"),
         (
-            {"GATEWAY_ISSUER": "https://gw.example", "GATEWAY_SECRET_KEY": "s" * 40,
-             "GATEWAY_SMS_PROVIDER": "kannel"},
+            {"GATEWAY_ISSUER": "https://gw.example", "GATEWAY_SECRET_KEY": "s" * 40},
+            "GATEWAY_SMS_PROVIDER",
+        ),
+        (
+            {
+                "GATEWAY_ISSUER": "https://gw.example",
+                "GATEWAY_SECRET_KEY": "s" * 40,
+                "GATEWAY_SMS_PROVIDER": "kannel",
+            },
             "GATEWAY_MAIL_URL",
         ),
     ],
 )
-def test_production_refuses_demo_shortcuts(tmp_path: Path, extra: dict[str, str], variable: str) -> None:
+def test_production_refuses_demo_shortcuts(
+    tmp_path: Path, extra: dict[str, str], variable: str
+) -> None:
     with pytest.raises(SettingsError, match=f"^{variable}:"):
         Settings.from_env(env(tmp_path, GATEWAY_ENV="production", **extra))
 
 
 def test_production_accepts_a_complete_configuration(tmp_path: Path) -> None:
-    s = Settings.from_env(env(
-        tmp_path, GATEWAY_ENV="production", GATEWAY_ISSUER="https://gw.example/",
-        GATEWAY_SECRET_KEY="s" * 40, GATEWAY_SMS_PROVIDER="kannel,http",
-        GATEWAY_MAIL_URL="smtp://mail.example:587",
-    ))
+    s = Settings.from_env(
+        env(
+            tmp_path,
+            GATEWAY_ENV="production",
+            GATEWAY_ISSUER="https://gw.example/",
+            GATEWAY_SECRET_KEY="s" * 40,
+            GATEWAY_SMS_PROVIDER="kannel,http",
+            GATEWAY_MAIL_URL="smtp://mail.example:587",
+        )
+    )
     assert s.issuer == "https://gw.example" and s.https and not s.dev
     assert not (tmp_path / "secret-key").exists()
 
@@ -104,3 +117,19 @@ def test_postgres_urls_use_psycopg3() -> None:
     assert normalise_database_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
     assert normalise_database_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
     assert normalise_database_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_repr_shows_no_secrets(tmp_path: Path) -> None:
+    s = Settings.from_env(
+        env(
+            tmp_path,
+            GATEWAY_SECRET_KEY="super-secret-value-" + "z" * 30,
+            GATEWAY_DATABASE_URL="postgresql://gw:dbpass@db.example/gw",
+            GATEWAY_REDIS_URL="redis://:redispass@127.0.0.1:6379/0",
+            GATEWAY_MAIL_URL="smtp://mailer:mailpass@mail.example:587",
+        )
+    )
+    for text in (repr(s), str(s), f"{s}"):
+        for secret in ("super-secret-value", "dbpass", "redispass", "mailpass"):
+            assert secret not in text
+    assert "mail.example" in repr(s)

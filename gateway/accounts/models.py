@@ -1,4 +1,6 @@
-"""Tables for citizen accounts and their letter codes (activation A, unblock D, recovery H, e-mail E).
+"""Tables for citizen accounts and their letter codes.
+
+Letter codes: activation A, unblock D, recovery H, e-mail E.
 
 An account is made when a desk approves an application (status `pending_activation`) and
 becomes `active` when its owner types the activation code. Letter codes are stored only as an

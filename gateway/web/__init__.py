@@ -1,0 +1,66 @@
+"""The web base every page stands on (issue 2, "Web base").
+
+`init_app` wires, in order: request ids and JSON request logs, server-side sessions in the
+shared store, CSRF protection of every unsafe method, security headers and body limits,
+error pages, the Jinja helpers, and the gateway's own pages (home, health, metrics).
+
+What other modules use:
+
+- `csrf_exempt` for views (or blueprints) that authenticate callers otherwise;
+- `no_store` for authentication pages; `allow_form_action(url)` for pages that post to a
+  relying party (SAML POST binding, OIDC form_post);
+- `regenerate_session()` at every login; `request_id()` for the audit log;
+- templates: extend `base.html`, import macros from `_forms.html`.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from flask import Flask, request
+
+from gateway.i18n import LANGUAGE_PARAM, LANGUAGES
+from gateway.settings import Settings
+from gateway.web import csrf, errors, headers, logs, sessions
+from gateway.web.csrf import csrf_exempt, csrf_token
+from gateway.web.errors import error_response
+from gateway.web.headers import MAX_CONTENT_LENGTH, allow_form_action, no_store
+from gateway.web.logs import request_id
+from gateway.web.sessions import IDLE_TIMEOUT, regenerate_session
+
+__all__ = [
+    "IDLE_TIMEOUT",
+    "MAX_CONTENT_LENGTH",
+    "allow_form_action",
+    "csrf_exempt",
+    "csrf_token",
+    "error_response",
+    "init_app",
+    "no_store",
+    "regenerate_session",
+    "request_id",
+]
+
+
+def language_url(language: str) -> str:
+    """The current page in another language: same path and query, `lang` replaced."""
+    if language not in LANGUAGES:
+        raise ValueError(language)
+    args = [(k, v) for k, v in request.args.items(multi=True) if k != LANGUAGE_PARAM]
+    args.append((LANGUAGE_PARAM, language))
+    return request.path + "?" + urlencode(args)
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    logs.init_app(app)  # first: its after_request runs last and sees the final status
+    sessions.init_app(app, settings)
+    csrf.init_app(app)
+    headers.init_app(app, settings)
+    errors.init_app(app)
+    app.jinja_env.globals["language_url"] = language_url
+    app.jinja_env.globals["request_id"] = request_id
+    app.jinja_env.globals["languages"] = LANGUAGES
+
+    from gateway.web.views import bp
+
+    app.register_blueprint(bp)

@@ -1,0 +1,121 @@
+"""Cross-site request forgery protection for every form (OWASP CSRF Prevention Cheat Sheet,
+"synchronizer token pattern").
+
+Each session has one random secret; `csrf_token()` hands out that secret XOR-masked with fresh
+random bytes, so the token in a page changes on every render (no BREACH-style recovery through
+compressed responses). Every POST, PUT, PATCH and DELETE must carry a valid token in the form
+field `csrf_token` or the `X-CSRF-Token` header, unless its view (or its blueprint) is marked
+`@csrf_exempt`: endpoints that authenticate their caller otherwise (the OIDC token endpoint,
+SAML bindings, SMS delivery reports, the bearer-token desk API).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import secrets
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import Flask, current_app, request, session
+from werkzeug.exceptions import BadRequest
+
+from gateway.i18n import lazy_gettext
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "X-CSRF-Token"
+_SESSION_KEY = "_csrf"
+_SECRET_BYTES = 32
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class CSRFError(BadRequest):
+    """The form's token is missing, wrong, or from a session that has expired."""
+
+    description = lazy_gettext(
+        "This form has expired. Please go back, reload the page and try again."
+    )
+
+
+def csrf_exempt(target: F) -> F:
+    """Mark a view function, or a whole Blueprint, as not needing a CSRF token.
+
+    Only for endpoints that authenticate the caller some other way; a person's browser form
+    must never be exempt.
+    """
+    target._gateway_csrf_exempt = True  # type: ignore[attr-defined]
+    return target
+
+
+def _secret(create: bool) -> bytes | None:
+    value = session.get(_SESSION_KEY)
+    if isinstance(value, str):
+        try:
+            raw = bytes.fromhex(value)
+        except ValueError:
+            raw = b""
+        if len(raw) == _SECRET_BYTES:
+            return raw
+    if not create:
+        return None
+    raw = secrets.token_bytes(_SECRET_BYTES)
+    session[_SESSION_KEY] = raw.hex()
+    return raw
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return bytes(x ^ y for x, y in zip(a, b, strict=True))
+
+
+def csrf_token() -> str:
+    """A token for the current session, for a hidden form field (`_forms.html` adds it)."""
+    secret = _secret(create=True)
+    assert secret is not None
+    mask = secrets.token_bytes(_SECRET_BYTES)
+    return base64.urlsafe_b64encode(mask + _xor(mask, secret)).decode().rstrip("=")
+
+
+def validate_csrf_token(token: str | None) -> bool:
+    if not token or len(token) > 200:
+        return False
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        return False
+    if len(raw) != 2 * _SECRET_BYTES:
+        return False
+    secret = _secret(create=False)
+    if secret is None:
+        return False
+    return hmac.compare_digest(_xor(raw[:_SECRET_BYTES], raw[_SECRET_BYTES:]), secret)
+
+
+def _exempt() -> bool:
+    view = current_app.view_functions.get(request.endpoint or "")
+    if getattr(view, "_gateway_csrf_exempt", False):
+        return True
+    for name in request.blueprints:
+        if getattr(current_app.blueprints.get(name), "_gateway_csrf_exempt", False):
+            return True
+    return False
+
+
+def protect() -> None:
+    if request.method not in UNSAFE_METHODS:
+        return
+    if request.routing_exception is not None:
+        return  # no such page or method: the 404/405 answer says so
+    if _exempt():
+        return
+    # Reading the form enforces MAX_CONTENT_LENGTH (413) before anything else looks at it.
+    token = request.form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)
+    if not validate_csrf_token(token):
+        raise CSRFError()
+
+
+def init_app(app: Flask) -> None:
+    app.before_request(protect)
+    app.jinja_env.globals["csrf_token"] = csrf_token

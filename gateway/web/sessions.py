@@ -1,0 +1,176 @@
+"""Server-side sessions in the shared store (OWASP Session Management Cheat Sheet).
+
+The cookie carries only a random 256-bit session id; the data lives in the `SharedStore` as
+JSON under an HMAC of that id (a dump of the store yields no usable session ids), with an idle
+timeout of `IDLE_TIMEOUT` renewed whenever a request uses the session. A session id chosen by
+a client is never adopted: an unknown id gets a fresh one on the first write (no fixation), and
+the login code calls `regenerate_session()` at every login, which moves the data to a new id and
+deletes the old entry.
+
+The session is loaded lazily: a request that never touches `flask.session` reads nothing and
+writes nothing, so bots and health checks cannot fill the store, and an empty session is never
+stored at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+from flask import Flask, Request, Response
+from flask import session as flask_session
+from flask.json.tag import TaggedJSONSerializer
+from flask.sessions import SessionInterface, SessionMixin
+
+from gateway.settings import Settings
+from gateway.store import SharedStore, get_store
+
+#: Idle timeout: a session unused this long is gone (renewed on every use).
+IDLE_TIMEOUT = timedelta(minutes=15)
+#: 32 random bytes, base64url without padding.
+SESSION_ID_BYTES = 32
+_SESSION_ID = re.compile(r"\A[A-Za-z0-9_-]{43}\Z")
+_serializer = TaggedJSONSerializer()
+
+
+def new_session_id() -> str:
+    return secrets.token_urlsafe(SESSION_ID_BYTES)
+
+
+class StoreSession(SessionMixin):
+    """A dict-like session whose data is fetched from the store on first use."""
+
+    def __init__(
+        self, interface: StoreSessionInterface, store: SharedStore, cookie_sid: str | None
+    ) -> None:
+        self._interface = interface
+        self._store = store
+        self.cookie_sid = cookie_sid
+        #: The id the data will be saved under; None until there is something to save.
+        self.sid: str | None = None
+        self._stored_sid: str | None = None
+        self._data: dict[str, Any] | None = None
+        self.new = True
+        self.modified = False
+        self.accessed = False
+
+    @property
+    def loaded(self) -> bool:
+        return self._data is not None
+
+    def _load(self) -> dict[str, Any]:
+        if self._data is None:
+            self.accessed = True
+            data = None
+            if self.cookie_sid is not None:
+                data = self._interface.load(self._store, self.cookie_sid)
+            if data is None:
+                self._data = {}
+            else:
+                self._data = data
+                self.sid = self._stored_sid = self.cookie_sid
+                self.new = False
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._load()[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._load()[key] = value
+        self.modified = True
+
+    def __delitem__(self, key: str) -> None:
+        del self._load()[key]
+        self.modified = True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    def regenerate(self) -> None:
+        data = self._load()
+        if self._stored_sid is not None:
+            self._store.delete(self._interface.store_key(self._stored_sid))
+        self._stored_sid = None
+        self.sid = new_session_id()
+        # A CSRF secret seen before the login must not survive it.
+        data.pop("_csrf", None)
+        self.modified = True
+
+
+class StoreSessionInterface(SessionInterface):
+    def __init__(self, settings: Settings) -> None:
+        self.secure = settings.https
+        # The __Host- prefix pins the cookie to this host, path / and HTTPS.
+        self.cookie_name = "__Host-gw_session" if settings.https else "gw_session"
+        self._key = settings.derive_key("session-id")
+
+    def store_key(self, sid: str) -> str:
+        return "session:" + hmac.new(self._key, sid.encode(), hashlib.sha256).hexdigest()
+
+    def load(self, store: SharedStore, sid: str) -> dict[str, Any] | None:
+        raw = store.get(self.store_key(sid))
+        if raw is None:
+            return None
+        try:
+            data = _serializer.loads(raw.decode())
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def open_session(self, app: Flask, request: Request) -> StoreSession:
+        value = request.cookies.get(self.cookie_name)
+        sid = value if value is not None and _SESSION_ID.match(value) else None
+        return StoreSession(self, get_store(app), sid)
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        if not isinstance(session, StoreSession) or not session.loaded:
+            return  # never touched: no store access, no cookie
+        response.vary.add("Cookie")
+        store = get_store(app)
+        if not session:
+            if session._stored_sid is not None:
+                store.delete(self.store_key(session._stored_sid))
+            if session.cookie_sid is not None:
+                response.delete_cookie(
+                    self.cookie_name, path="/", secure=self.secure, httponly=True, samesite="Lax"
+                )
+            return
+        if session.sid is None:
+            session.sid = new_session_id()
+        # Written on every use: that renews the idle timeout.
+        payload = _serializer.dumps(dict(session)).encode()
+        store.set(self.store_key(session.sid), payload, IDLE_TIMEOUT)
+        if session.sid != session.cookie_sid:
+            # A browser-session cookie: the idle timeout on the server decides how long it works.
+            response.set_cookie(
+                self.cookie_name, session.sid, path="/", secure=self.secure, httponly=True,
+                samesite="Lax",
+            )
+            if "Cache-Control" not in response.headers:
+                response.headers["Cache-Control"] = "no-store"
+
+
+def regenerate_session() -> str:
+    """Give the current session a new id and delete the old entry; call at every login.
+
+    The data stays (a login flow in progress keeps its state); the CSRF secret is renewed.
+    Returns the new id (for tests; never log it).
+    """
+    session = flask_session._get_current_object()  # type: ignore[attr-defined]
+    if not isinstance(session, StoreSession):
+        raise RuntimeError("regenerate_session() needs the gateway's session interface")
+    session.regenerate()
+    assert session.sid is not None
+    return session.sid
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    app.session_interface = StoreSessionInterface(settings)
