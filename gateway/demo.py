@@ -24,6 +24,9 @@ def seeders() -> list[Seeder]:
         pass
     else:
         found.append(seed_register)
+    from gateway.desks.demo import seed_demo_staff
+
+    found.append(seed_demo_staff)
     return found
 
 
