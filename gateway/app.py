@@ -25,6 +25,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["SECRET_KEY"] = settings.derive_key("flask-session")
     settings.instance_dir.mkdir(parents=True, exist_ok=True)
 
+    _trust_proxies(app, settings)
     db.init_app(app, settings)
 
     from gateway import i18n, store, web
@@ -54,7 +55,51 @@ def create_app(settings: Settings | None = None) -> Flask:
     from gateway.desks import blueprint as desk_blueprints
 
     desk_blueprints.init_app(app)  # /desk staff pages and the /desk/api JSON API
+
+    from gateway.desks import apply_views
+
+    apply_views.init_app(app)  # /apply: the citizen's online application
+
+    from gateway.flows import views as login_views
+
+    login_views.init_app(app)  # /login flow, /activate, /logout, /account
+
+    from gateway.accounts import views as account_views
+
+    account_views.init_app(app)  # /account/...: the citizen's "My account" pages
+
+    from gateway.idp import oidc
+
+    oidc.init_app(app, settings)  # OpenID Connect provider: discovery, /oidc/*
+
+    from gateway.idp.saml import views as saml_views
+
+    saml_views.init_app(app)  # SAML 2.0 IdP: /saml/idp/*
     return app
+
+
+#: Most reverse proxies in front of the gateway whose X-Forwarded-* headers are believed.
+MAX_PROXY_HOPS = 5
+
+
+def _trust_proxies(app: Flask, settings: Settings) -> None:
+    """Behind N reverse proxies (GATEWAY_PROXY_HOPS=N), take the client address, scheme and
+    host from the X-Forwarded-* headers they add, so per-IP limits count clients, not the
+    proxy. Never more hops than configured: a client could otherwise forge its address."""
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    from gateway.settings import SettingsError
+
+    raw = settings.environ.get("GATEWAY_PROXY_HOPS", "0").strip() or "0"
+    if not raw.isdigit() or int(raw) > MAX_PROXY_HOPS:
+        raise SettingsError(
+            f"GATEWAY_PROXY_HOPS: must be a whole number from 0 to {MAX_PROXY_HOPS}"
+        )
+    hops = int(raw)
+    if hops:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops
+        )
 
 
 def get_settings(app: Flask | None = None) -> Settings:

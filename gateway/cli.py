@@ -134,6 +134,18 @@ from gateway.sms.cli import sms as sms_commands  # noqa: E402 - after main exist
 
 main.add_command(sms_commands)
 
+from gateway.idp.oidc.cli import rp as rp_commands  # noqa: E402 - after main exists
+
+main.add_command(rp_commands)
+
+from gateway.idp.saml.cli import add_saml  # noqa: E402 - after main exists
+
+rp_commands.add_command(add_saml)
+
+from gateway.accounts.cli import accounts as account_commands  # noqa: E402 - after main exists
+
+main.add_command(account_commands)
+
 
 def run() -> None:  # pragma: no cover - console entry point alias
     sys.exit(main())

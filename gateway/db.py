@@ -28,12 +28,18 @@ from gateway.settings import Settings, normalise_database_url
 #: Modules that define tables. A new model module is added here.
 MODEL_MODULES: tuple[str, ...] = (
     "gateway.accounts.models",
+    "gateway.accounts.history",
     "gateway.desks.models",
     "gateway.desks.register",
     "gateway.audit",
     "gateway.store",
     "gateway.sms.codes",
     "gateway.sms.models",
+    "gateway.flows.login",
+    "gateway.flows.sessions",
+    "gateway.idp.oidc.clients",
+    "gateway.idp.oidc.tokens",
+    "gateway.idp.saml.registry",
 )
 
 NAMING_CONVENTION = {

@@ -20,6 +20,8 @@ from gateway.desks.policy import DesksPolicy, EligibilityPolicy
 from gateway.levels import LevelsPolicy
 from gateway.sms.policy import SmsPolicy
 
+_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 class PolicyError(Exception):
     """A policy file is missing or invalid; str() is one line naming the file and the field."""
@@ -54,7 +56,8 @@ def load_file(path: Path, model: type[M]) -> M:
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError(f"{path}: cannot be read ({exc})") from None
     try:
-        data: Any = yaml.safe_load(text)
+        # libyaml's safe loader when present: the same safe subset, ten times faster.
+        data: Any = yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -133,3 +133,35 @@ def test_repr_shows_no_secrets(tmp_path: Path) -> None:
         for secret in ("super-secret-value", "dbpass", "redispass", "mailpass"):
             assert secret not in text
     assert "mail.example" in repr(s)
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "6", "1.5"])
+def test_bad_proxy_hops_stop_start_up(settings: Settings, value: str) -> None:
+    from gateway.app import create_app
+
+    bad = settings.with_overrides(environ={**settings.environ, "GATEWAY_PROXY_HOPS": value})
+    with pytest.raises(SettingsError, match=r"^GATEWAY_PROXY_HOPS:"):
+        create_app(bad)
+
+
+def test_proxy_hops_give_the_client_address(settings: Settings) -> None:
+    from flask import request
+
+    from gateway.app import create_app
+
+    def address_seen(hops: str) -> str:
+        app = create_app(settings.with_overrides(
+            environ={**settings.environ, "GATEWAY_PROXY_HOPS": hops}
+        ))
+
+        @app.get("/_addr")
+        def _addr() -> str:
+            return request.remote_addr or ""
+
+        return app.test_client().get(
+            "/_addr", headers={"X-Forwarded-For": "198.51.100.7, 203.0.113.9"},
+            environ_base={"REMOTE_ADDR": "127.0.0.1"},
+        ).get_data(as_text=True)
+
+    assert address_seen("0") == "127.0.0.1"  # no proxy trusted: the header is ignored
+    assert address_seen("1") == "203.0.113.9"  # only the hop our proxy added is believed

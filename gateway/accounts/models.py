@@ -57,6 +57,29 @@ class Account(Base):
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     failed_logins: Mapped[int] = mapped_column(sa.Integer, default=0)
     blocked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Blocks since the last successful login or unblock: each doubles the next block
+    #: (gateway.accounts.service, backoff).
+    block_count: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    password_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: When the owner last said the e-mail address is still right (asked every six months).
+    email_confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Authenticator app (gateway.accounts.totp): the confirmed seed and a pending one, both
+    #: sealed with gateway.crypto; the last accepted RFC 6238 time step (replay protection).
+    totp_secret_sealed: Mapped[str | None] = mapped_column(sa.Text)
+    totp_confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    totp_last_step: Mapped[int | None] = mapped_column(sa.BigInteger)
+    totp_pending_sealed: Mapped[str | None] = mapped_column(sa.Text)
+    totp_pending_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Wrong authenticator codes in a row; apart from failed_logins, which a right password
+    #: clears, so that knowing the password never resets the count of guessed codes.
+    totp_failures: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    #: "Tell me when someone logs in" (gateway.accounts.selfservice): a mail at every login.
+    notify_logins: Mapped[bool] = mapped_column(
+        sa.Boolean, default=False, server_default=sa.false()
+    )
+    #: A new e-mail address waiting for its E code (gateway.accounts.selfservice); the
+    #: address in `email` stays in use until the code is typed.
+    pending_email: Mapped[str | None] = mapped_column(sa.String(254))
 
 
 class AccountCodeKind(StrEnum):

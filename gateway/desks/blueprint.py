@@ -20,7 +20,12 @@ from flask import Blueprint, Flask
 from gateway.web import csrf_exempt
 
 #: Modules whose views live on `desk` or `desk_api`; imported before registration.
-VIEW_MODULES: tuple[str, ...] = ("gateway.desks.auth",)
+VIEW_MODULES: tuple[str, ...] = (
+    "gateway.desks.auth",
+    "gateway.desks.views",
+    "gateway.desks.api",
+    "gateway.desks.openapi",
+)
 
 desk = Blueprint("desk", __name__, url_prefix="/desk")
 #: Bearer tokens are never sent by a browser on its own, so the API needs no CSRF token.

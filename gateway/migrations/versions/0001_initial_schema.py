@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-28 18:44:01.825050
+Create Date: 2026-11-28 19:21:43.809114
 """
 
 from __future__ import annotations
@@ -44,6 +44,17 @@ def upgrade() -> None:
     sa.Column('last_login_at', gateway.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('failed_logins', sa.Integer(), nullable=False),
     sa.Column('blocked_until', gateway.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('block_count', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('password_changed_at', gateway.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('email_confirmed_at', gateway.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('totp_secret_sealed', sa.Text(), nullable=True),
+    sa.Column('totp_confirmed_at', gateway.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('totp_last_step', sa.BigInteger(), nullable=True),
+    sa.Column('totp_pending_sealed', sa.Text(), nullable=True),
+    sa.Column('totp_pending_at', gateway.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('totp_failures', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('notify_logins', sa.Boolean(), server_default=sa.false(), nullable=False),
+    sa.Column('pending_email', sa.String(length=254), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_accounts')),
     sa.UniqueConstraint('bsn', name=op.f('uq_accounts_bsn')),
     sa.UniqueConstraint('username_key', name=op.f('uq_accounts_username_key'))
@@ -76,6 +87,23 @@ def upgrade() -> None:
         batch_op.create_index('ix_audit_log_at', ['at'], unique=False)
         batch_op.create_index('ix_audit_log_desk_seq', ['desk', 'seq'], unique=False)
 
+    op.create_table('oidc_clients',
+    sa.Column('client_id', sa.String(length=100), nullable=False),
+    sa.Column('secret_hash', sa.String(length=64), nullable=True),
+    sa.Column('public', sa.Boolean(), nullable=False),
+    sa.Column('token_endpoint_auth_method', sa.String(length=24), nullable=False),
+    sa.Column('redirect_uris', sa.Text(), nullable=False),
+    sa.Column('post_logout_redirect_uris', sa.Text(), nullable=False),
+    sa.Column('jwks', sa.Text(), nullable=True),
+    sa.Column('bsn', sa.Boolean(), nullable=False),
+    sa.Column('min_level', sa.Integer(), nullable=False),
+    sa.Column('sector_identifier', sa.String(length=200), nullable=False),
+    sa.Column('id_token_signed_response_alg', sa.String(length=8), nullable=False),
+    sa.Column('id_token_encryption_jwk', sa.Text(), nullable=True),
+    sa.Column('backchannel_logout_uri', sa.String(length=2000), nullable=True),
+    sa.Column('created_at', gateway.db.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('client_id', name=op.f('pk_oidc_clients'))
+    )
     op.create_table('one_time_codes',
     sa.Column('id', sa.String(length=32), nullable=False),
     sa.Column('purpose', sa.String(length=40), nullable=False),
@@ -102,6 +130,15 @@ def upgrade() -> None:
     sa.Column('non_resident', sa.Boolean(), nullable=False),
     sa.Column('updated_at', gateway.db.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('bsn', name=op.f('pk_population_register'))
+    )
+    op.create_table('saml_service_providers',
+    sa.Column('entity_id', sa.String(length=200), nullable=False),
+    sa.Column('metadata_xml', sa.Text(), nullable=False),
+    sa.Column('metadata_sha256', sa.String(length=64), nullable=False),
+    sa.Column('bsn', sa.Boolean(), nullable=False),
+    sa.Column('attributes', sa.Text(), nullable=False),
+    sa.Column('added_at', gateway.db.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('entity_id', name=op.f('pk_saml_service_providers'))
     )
     op.create_table('shared_state',
     sa.Column('key', sa.String(length=512), nullable=False),
@@ -175,6 +212,20 @@ def upgrade() -> None:
     with op.batch_alter_table('account_codes', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_account_codes_account_id_kind'), ['account_id', 'kind'], unique=False)
 
+    op.create_table('account_events',
+    sa.Column('id', sa.String(length=36), nullable=False),
+    sa.Column('account_id', sa.String(length=36), nullable=False),
+    sa.Column('at', gateway.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('kind', sa.String(length=32), nullable=False),
+    sa.Column('service', sa.String(length=200), nullable=True),
+    sa.Column('level', sa.String(length=16), nullable=True),
+    sa.Column('route', sa.String(length=32), nullable=True),
+    sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], name=op.f('fk_account_events_account_id_accounts'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_account_events'))
+    )
+    with op.batch_alter_table('account_events', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_account_events_account_id_at'), ['account_id', 'at'], unique=False)
+
     op.create_table('applications',
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('desk_code_hmac', sa.String(length=64), nullable=False),
@@ -227,6 +278,80 @@ def upgrade() -> None:
     with op.batch_alter_table('four_eyes_requests', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_four_eyes_requests_desk'), ['desk'], unique=False)
 
+    op.create_table('login_flows',
+    sa.Column('id', sa.String(length=43), nullable=False),
+    sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('created_at', gateway.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', gateway.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', gateway.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('rp_id', sa.String(length=200), nullable=False),
+    sa.Column('rp_request', sa.Text(), nullable=False),
+    sa.Column('requested_level', sa.Integer(), nullable=False),
+    sa.Column('route', sa.String(length=40), nullable=True),
+    sa.Column('account_id', sa.String(length=36), nullable=True),
+    sa.Column('step_up', sa.Boolean(), nullable=False),
+    sa.Column('factor', sa.String(length=8), nullable=True),
+    sa.Column('code_sent_at', gateway.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('level_reached', sa.Integer(), nullable=True),
+    sa.Column('amr', sa.String(length=100), nullable=False),
+    sa.Column('auth_time', gateway.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('sso_session_id', sa.String(length=64), nullable=True),
+    sa.Column('error', sa.String(length=24), nullable=True),
+    sa.Column('finished_at', gateway.db.UTCDateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], name=op.f('fk_login_flows_account_id_accounts'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_login_flows'))
+    )
+    with op.batch_alter_table('login_flows', schema=None) as batch_op:
+        batch_op.create_index('ix_login_flows_expires_at', ['expires_at'], unique=False)
+
+    op.create_table('oidc_grants',
+    sa.Column('id', sa.String(length=36), nullable=False),
+    sa.Column('code_hash', sa.String(length=64), nullable=False),
+    sa.Column('client_id', sa.String(length=100), nullable=False),
+    sa.Column('redirect_uri', sa.String(length=2000), nullable=False),
+    sa.Column('code_challenge', sa.String(length=128), nullable=False),
+    sa.Column('nonce', sa.String(length=512), nullable=True),
+    sa.Column('scope', sa.String(length=200), nullable=False),
+    sa.Column('sub', sa.String(length=64), nullable=False),
+    sa.Column('account_id', sa.String(length=36), nullable=True),
+    sa.Column('level', sa.Integer(), nullable=False),
+    sa.Column('amr', sa.String(length=100), nullable=False),
+    sa.Column('auth_time', gateway.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('sso_session_id', sa.String(length=64), nullable=True),
+    sa.Column('created_at', gateway.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('code_expires_at', gateway.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('code_used_at', gateway.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('revoked_at', gateway.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('expires_at', gateway.db.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], name=op.f('fk_oidc_grants_account_id_accounts'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['client_id'], ['oidc_clients.client_id'], name=op.f('fk_oidc_grants_client_id_oidc_clients'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_oidc_grants')),
+    sa.UniqueConstraint('code_hash', name=op.f('uq_oidc_grants_code_hash'))
+    )
+    with op.batch_alter_table('oidc_grants', schema=None) as batch_op:
+        batch_op.create_index('ix_oidc_grants_client_id', ['client_id'], unique=False)
+        batch_op.create_index('ix_oidc_grants_expires_at', ['expires_at'], unique=False)
+        batch_op.create_index('ix_oidc_grants_sso_session_id', ['sso_session_id'], unique=False)
+
+    op.create_table('sso_sessions',
+    sa.Column('id', sa.String(length=64), nullable=False),
+    sa.Column('account_id', sa.String(length=36), nullable=True),
+    sa.Column('subject_key', sa.String(length=80), nullable=False),
+    sa.Column('route', sa.String(length=40), nullable=False),
+    sa.Column('level', sa.Integer(), nullable=False),
+    sa.Column('amr', sa.String(length=100), nullable=False),
+    sa.Column('auth_time', gateway.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', gateway.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('last_seen_at', gateway.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('ended_at', gateway.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('end_reason', sa.String(length=16), nullable=True),
+    sa.Column('rps', sa.Text(), nullable=False),
+    sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], name=op.f('fk_sso_sessions_account_id_accounts'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_sso_sessions'))
+    )
+    with op.batch_alter_table('sso_sessions', schema=None) as batch_op:
+        batch_op.create_index('ix_sso_sessions_account_open', ['account_id', 'ended_at'], unique=False)
+
     op.create_table('document_checks',
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('application_id', sa.String(length=36), nullable=False),
@@ -247,15 +372,46 @@ def upgrade() -> None:
     with op.batch_alter_table('document_checks', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_document_checks_application_id'), ['application_id'], unique=False)
 
+    op.create_table('oidc_tokens',
+    sa.Column('token_hash', sa.String(length=64), nullable=False),
+    sa.Column('grant_id', sa.String(length=36), nullable=False),
+    sa.Column('kind', sa.String(length=8), nullable=False),
+    sa.Column('created_at', gateway.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', gateway.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('used_at', gateway.db.UTCDateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['grant_id'], ['oidc_grants.id'], name=op.f('fk_oidc_tokens_grant_id_oidc_grants'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('token_hash', name=op.f('pk_oidc_tokens'))
+    )
+    with op.batch_alter_table('oidc_tokens', schema=None) as batch_op:
+        batch_op.create_index('ix_oidc_tokens_grant_id', ['grant_id'], unique=False)
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table('oidc_tokens', schema=None) as batch_op:
+        batch_op.drop_index('ix_oidc_tokens_grant_id')
+
+    op.drop_table('oidc_tokens')
     with op.batch_alter_table('document_checks', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_document_checks_application_id'))
 
     op.drop_table('document_checks')
+    with op.batch_alter_table('sso_sessions', schema=None) as batch_op:
+        batch_op.drop_index('ix_sso_sessions_account_open')
+
+    op.drop_table('sso_sessions')
+    with op.batch_alter_table('oidc_grants', schema=None) as batch_op:
+        batch_op.drop_index('ix_oidc_grants_sso_session_id')
+        batch_op.drop_index('ix_oidc_grants_expires_at')
+        batch_op.drop_index('ix_oidc_grants_client_id')
+
+    op.drop_table('oidc_grants')
+    with op.batch_alter_table('login_flows', schema=None) as batch_op:
+        batch_op.drop_index('ix_login_flows_expires_at')
+
+    op.drop_table('login_flows')
     with op.batch_alter_table('four_eyes_requests', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_four_eyes_requests_desk'))
 
@@ -266,6 +422,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_applications_bsn'))
 
     op.drop_table('applications')
+    with op.batch_alter_table('account_events', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_account_events_account_id_at'))
+
+    op.drop_table('account_events')
     with op.batch_alter_table('account_codes', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_account_codes_account_id_kind'))
 
@@ -282,12 +442,14 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_shared_state_expires_at'))
 
     op.drop_table('shared_state')
+    op.drop_table('saml_service_providers')
     op.drop_table('population_register')
     with op.batch_alter_table('one_time_codes', schema=None) as batch_op:
         batch_op.drop_index('uq_one_time_codes_live', sqlite_where=sa.text('used_at IS NULL AND superseded_at IS NULL'), postgresql_where=sa.text('used_at IS NULL AND superseded_at IS NULL'))
         batch_op.drop_index('ix_one_time_codes_purpose_flow_id')
 
     op.drop_table('one_time_codes')
+    op.drop_table('oidc_clients')
     with op.batch_alter_table('audit_log', schema=None) as batch_op:
         batch_op.drop_index('ix_audit_log_desk_seq')
         batch_op.drop_index('ix_audit_log_at')

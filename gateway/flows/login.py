@@ -1,0 +1,551 @@
+"""The login flow: one persisted state machine between relying parties and identity routes
+(issue 5, item 3; ARCHITECTURE.md habit 1, modelled on ory/kratos' self-service login flow).
+
+States and allowed moves (`TRANSITIONS`)::
+
+                 +--> choose_route --> password --+--> choose_factor <--+
+                 |                        |       |        |            |
+    started -----+--> password            |       +--> second_factor ---+--> done
+       |  |                               +-----------------------------^
+       |  +--> choose_factor / second_factor   (SSO step-up: no password)
+       |  +--> done                            (SSO reuse: no interaction)
+       |
+    every state that is not final --> failed | expired        (final: done, failed, expired)
+
+- `started`: the relying party's request (`RpRequest`) and the level to log in at are kept.
+  `begin()` decides: reuse a usable SSO session that is high enough (unless force_authn or
+  max_age says otherwise), step up an SSO session at basis to midden with only the second
+  factor, refuse a passive request that would need the person (`login_required`), refuse an
+  essential level no route reaches (`level_unavailable`), or ask for the password.
+- `password`: username and password (`gateway.accounts.service.check_password`). Basis is
+  done here; midden and higher need a second factor.
+- `choose_factor`: the person picks SMS/voice or the authenticator app when both exist.
+- `second_factor`: a code by SMS or voice (`gateway.sms.service`, purpose `login`, bound to
+  this flow's id, so a code of another flow or purpose never works here) or a TOTP code.
+- `done`: an SSO session is established or raised (`gateway.flows.sessions`), and the browser
+  goes back to the relying party's `resume_url`.
+
+`transition()` is the only way to change a state. It refuses a move not in the table
+(`IllegalTransition`) and refuses every move out of a flow past its `expires_at` (moving it to
+`expired` instead), and it changes the row with one conditional UPDATE (`WHERE state = <the
+state it was read in>`), so two parallel requests can never both move one flow.
+
+The API for protocol modules (OIDC, SAML, the "self" pages):
+
+    response = start_login(rp_request)   # a redirect into the flow; bound to this browser
+    ...                                  # the browser returns to rp_request.resume_url
+                                         # with ?flow=<id>
+    result = finish(flow_id)             # AuthnResult, once; or raises LoginError whose
+                                         # .error (AuthnError) says why, for the RP's answer
+
+`finish` only works in the browser session that started the flow and only once, so a flow id
+that leaks (a log, a Referer) cannot be turned into a login by anyone else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import secrets
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import sqlalchemy as sa
+from flask import redirect, url_for
+from flask import session as flask_session
+from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm.attributes import set_committed_value
+from werkzeug.wrappers import Response as BaseResponse
+
+from gateway import clock
+from gateway.accounts.models import Account
+from gateway.db import Base, UTCDateTime
+from gateway.flows import sessions as sso
+from gateway.flows.routes import DESK_ACCOUNT, ROUTES, SecondFactor, reachable_levels
+from gateway.flows.types import AuthnError, AuthnResult, ErrorCode, RpRequest
+from gateway.levels import Level
+from gateway.policy import Policies
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: A login flow lives this long from its start, like DigiD's 15 minutes of inactivity; a
+#: person who takes longer starts again from the relying party.
+FLOW_LIFETIME = timedelta(minutes=15)
+#: Flow ids: 32 random bytes, base64url (they appear in URLs, so they are unguessable too).
+FLOW_ID_BYTES = 32
+_FLOW_ID = re.compile(r"\A[A-Za-z0-9_-]{43}\Z")
+#: Flows this browser session may finish (newest last); older ones fall off.
+SESSION_FLOWS_KEY = "login_flows"
+MAX_SESSION_FLOWS = 8
+
+
+class FlowState(StrEnum):
+    STARTED = "started"
+    CHOOSE_ROUTE = "choose_route"
+    PASSWORD = "password"  # noqa: S105 - a state name
+    CHOOSE_FACTOR = "choose_factor"
+    SECOND_FACTOR = "second_factor"
+    DONE = "done"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+S = FlowState
+#: The allowed moves; anything else is refused by `transition`.
+TRANSITIONS: Mapping[FlowState, frozenset[FlowState]] = {
+    S.STARTED: frozenset(
+        {S.CHOOSE_ROUTE, S.PASSWORD, S.CHOOSE_FACTOR, S.SECOND_FACTOR, S.DONE, S.FAILED,
+         S.EXPIRED}
+    ),
+    S.CHOOSE_ROUTE: frozenset({S.PASSWORD, S.FAILED, S.EXPIRED}),
+    S.PASSWORD: frozenset({S.CHOOSE_FACTOR, S.SECOND_FACTOR, S.DONE, S.FAILED, S.EXPIRED}),
+    S.CHOOSE_FACTOR: frozenset({S.SECOND_FACTOR, S.FAILED, S.EXPIRED}),
+    S.SECOND_FACTOR: frozenset({S.CHOOSE_FACTOR, S.DONE, S.FAILED, S.EXPIRED}),
+    S.DONE: frozenset(),
+    S.FAILED: frozenset(),
+    S.EXPIRED: frozenset(),
+}
+FINAL_STATES = frozenset(state for state, moves in TRANSITIONS.items() if not moves)
+
+
+class FlowError(Exception):
+    """Base of the flow's own errors."""
+
+
+class IllegalTransition(FlowError):
+    def __init__(self, current: str, target: str) -> None:
+        super().__init__(f"login flow cannot move from {current} to {target}")
+        self.current = current
+        self.target = target
+
+
+class FlowExpired(FlowError):
+    """The flow is past its lifetime; it is now in `expired`."""
+
+
+class LoginError(FlowError):
+    """`finish()` has no result to give; `error` says why, for the relying party's answer
+    (None when the flow is unknown or not this browser's, so there is nobody to answer)."""
+
+    def __init__(self, error: AuthnError | None, reason: str) -> None:
+        super().__init__(reason)
+        self.error = error
+
+
+class LoginFlow(Base):
+    __tablename__ = "login_flows"
+    # Every lookup is by primary key; expires_at serves the purge.
+    __table_args__ = (sa.Index("ix_login_flows_expires_at", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(sa.String(43), primary_key=True)
+    state: Mapped[str] = mapped_column(sa.String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    rp_id: Mapped[str] = mapped_column(sa.String(200))
+    #: The relying party's request (`RpRequest.to_json`).
+    rp_request: Mapped[str] = mapped_column(sa.Text)
+    #: The level this flow logs in at (numeric, gateway.levels.Level).
+    requested_level: Mapped[int] = mapped_column(sa.Integer)
+    route: Mapped[str | None] = mapped_column(sa.String(40), default=None)
+    account_id: Mapped[str | None] = mapped_column(
+        sa.ForeignKey("accounts.id", ondelete="CASCADE"), default=None
+    )
+    #: True when the password step was skipped because an SSO session vouched for it.
+    step_up: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    factor: Mapped[str | None] = mapped_column(sa.String(8), default=None)
+    #: When the last SMS/voice code of this flow went out (None: none yet, or a new method).
+    code_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    level_reached: Mapped[int | None] = mapped_column(sa.Integer, default=None)
+    #: JSON list of RFC 8176 method values proven in this flow (or reused from SSO).
+    amr: Mapped[str] = mapped_column(sa.String(100), default="[]")
+    auth_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    sso_session_id: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    error: Mapped[str | None] = mapped_column(sa.String(24), default=None)
+    #: When `finish()` handed out the result; it is handed out once.
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+    @property
+    def flow_state(self) -> FlowState:
+        return FlowState(self.state)
+
+    @property
+    def request(self) -> RpRequest:
+        return RpRequest.from_json(self.rp_request)
+
+    @property
+    def level(self) -> Level:
+        return Level(self.requested_level)
+
+    @property
+    def amr_values(self) -> tuple[str, ...]:
+        return tuple(json.loads(self.amr))
+
+
+# --- the state machine --------------------------------------------------------------------
+
+
+def new_flow_id() -> str:
+    return secrets.token_urlsafe(FLOW_ID_BYTES)
+
+
+def create_flow(db: Session, rp_request: RpRequest, level: Level) -> LoginFlow:
+    now = clock.now()
+    flow = LoginFlow(
+        id=new_flow_id(),
+        state=FlowState.STARTED.value,
+        created_at=now,
+        updated_at=now,
+        expires_at=now + FLOW_LIFETIME,
+        rp_id=rp_request.rp_id,
+        rp_request=rp_request.to_json(),
+        requested_level=int(level),
+        step_up=False,
+        amr="[]",
+    )
+    db.add(flow)
+    db.flush()
+    return flow
+
+
+def get_flow(db: Session, flow_id: object) -> LoginFlow | None:
+    if not isinstance(flow_id, str) or not _FLOW_ID.match(flow_id):
+        return None
+    return db.get(LoginFlow, flow_id, populate_existing=True)
+
+
+def is_expired(flow: LoginFlow, now: datetime | None = None) -> bool:
+    return (now or clock.now()) >= flow.expires_at
+
+
+def transition(db: Session, flow: LoginFlow, target: FlowState, **changes: Any) -> None:
+    """Move `flow` to `target` (and set `changes` on it), or raise.
+
+    IllegalTransition: the move is not in TRANSITIONS, or another request moved the flow
+    first. FlowExpired: the flow is past its lifetime (it is moved to `expired`, which the
+    caller commits). Runs in the caller's transaction.
+    """
+    current = flow.flow_state
+    target = FlowState(target)
+    if target not in TRANSITIONS[current]:
+        raise IllegalTransition(current.value, target.value)
+    now = clock.now()
+    if target is not FlowState.EXPIRED and is_expired(flow, now):
+        if FlowState.EXPIRED in TRANSITIONS[current]:
+            _move(db, flow, current, FlowState.EXPIRED, now, {"error": ErrorCode.EXPIRED.value})
+        raise FlowExpired("login flow expired")
+    _move(db, flow, current, target, now, changes)
+
+
+def _move(
+    db: Session, flow: LoginFlow, current: FlowState, target: FlowState, now: datetime,
+    changes: Mapping[str, Any],
+) -> None:
+    unknown = set(changes) - set(LoginFlow.__table__.columns.keys())
+    if unknown or {"id", "state"} & set(changes):
+        raise ValueError(f"not a flow field one may set: {sorted(unknown or changes)}")
+    values = {**changes, "state": target.value, "updated_at": now}
+    moved = db.execute(
+        sa.update(LoginFlow)
+        .where(LoginFlow.id == flow.id, LoginFlow.state == current.value)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if moved.rowcount != 1:  # type: ignore[attr-defined]
+        raise IllegalTransition(current.value, target.value)
+    for name, value in values.items():
+        # Committed values: the ORM must not write them a second time at flush.
+        set_committed_value(flow, name, value)
+
+
+def update_flow(db: Session, flow: LoginFlow, **changes: Any) -> None:
+    """Change fields without moving the state (a factor resent, a method picked again)."""
+    _move(db, flow, flow.flow_state, flow.flow_state, clock.now(), changes)
+
+
+def fail(db: Session, flow: LoginFlow, code: ErrorCode) -> None:
+    transition(db, flow, FlowState.FAILED, error=code.value)
+
+
+def purge_flows(db: Session, older_than: timedelta = timedelta(days=1)) -> int:
+    """Delete flows that expired more than `older_than` ago (cron, with other purges)."""
+    cutoff = clock.now() - older_than
+    result = db.execute(sa.delete(LoginFlow).where(LoginFlow.expires_at < cutoff))
+    count: int = result.rowcount  # type: ignore[attr-defined]
+    return count
+
+
+# --- decisions ----------------------------------------------------------------------------
+
+
+def sso_satisfies_freshness(row: sso.SsoSession, request: RpRequest, now: datetime) -> bool:
+    """May this SSO session vouch for the person without asking again?"""
+    if request.force_authn:
+        return False
+    return request.max_age is None or now - row.auth_time <= timedelta(seconds=request.max_age)
+
+
+def begin(db: Session, settings: Settings, policies: Policies, flow: LoginFlow) -> None:
+    """Decide the first move of a `started` flow (see the module docstring). A step-up that
+    lands on the SMS/voice page sends nothing yet: the person asks for the code."""
+    request = flow.request
+    level = flow.level
+    target = request.target(reachable_levels())
+    row = sso.current_sso(db, settings, policies.accounts.session)
+    now = clock.now()
+    if target is None:
+        fail(db, flow, ErrorCode.LEVEL_UNAVAILABLE)
+        return
+    if row is not None and row.route in ROUTES and sso_satisfies_freshness(row, request, now):
+        if row.level >= int(level):
+            reuse(db, flow, row)
+            return
+        route = ROUTES[row.route]
+        account = db.get(Account, row.account_id) if row.account_id else None
+        if not request.passive and account is not None and level in route.levels:
+            # Step-up: the SSO session already proved the password; only the factor is new.
+            if route.factors(db, settings, account):
+                after_first_factor(
+                    db, settings, policies, flow, account, step_up=True,
+                    proven=row.amr_values,
+                )
+            elif request.essential:
+                fail(db, flow, ErrorCode.LEVEL_UNAVAILABLE)
+            else:
+                reuse(db, flow, row)  # nothing more can be proven; the RP decides
+            return
+    if request.passive:
+        fail(db, flow, ErrorCode.LOGIN_REQUIRED)
+        return
+    candidates = [r for r in ROUTES.values() if level in r.levels]
+    if len(candidates) == 1:
+        transition(db, flow, FlowState.PASSWORD, route=candidates[0].name)
+    else:
+        transition(db, flow, FlowState.CHOOSE_ROUTE)
+
+
+def reuse(db: Session, flow: LoginFlow, row: sso.SsoSession) -> None:
+    """Done without asking anything: the SSO session vouches (its level, methods and the
+    time of the last real authentication go to the relying party unchanged)."""
+    sso.use(row, flow.rp_id)
+    transition(
+        db, flow, FlowState.DONE, route=row.route, account_id=row.account_id,
+        level_reached=row.level, amr=row.amr, auth_time=row.auth_time, sso_session_id=row.id,
+    )
+    if row.account_id is not None:
+        # The owner's history lists every service reached, also through single sign-on.
+        _record_history(db, row.account_id, flow, Level(row.level), "sso")
+
+
+def choose_route(db: Session, flow: LoginFlow, name: str) -> None:
+    route = ROUTES.get(name)
+    if route is None or flow.level not in route.levels:
+        raise IllegalTransition(flow.state, "route:" + str(name)[:40])
+    transition(db, flow, FlowState.PASSWORD, route=route.name)
+
+
+def after_first_factor(
+    db: Session,
+    settings: Settings,
+    policies: Policies,
+    flow: LoginFlow,
+    account: Account,
+    *,
+    step_up: bool = False,
+    proven: tuple[str, ...] = (),
+) -> SecondFactor | None:
+    """After the password (or an SSO session that proved it): done when the password's
+    level is enough, else on to the second factor.
+
+    Returns the factor whose code must be sent now (SMS or voice), if any.
+    """
+    amr = list(proven)
+    if "pwd" not in amr:
+        amr.append("pwd")
+    amr_json = json.dumps(amr)
+    route = ROUTES[flow.route or DESK_ACCOUNT.name]
+    if flow.level <= route.password_level:
+        complete(db, settings, policies, flow, account=account, level=route.password_level,
+                 amr=amr_json)
+        return None
+    factors = route.factors(db, settings, account)
+    common = {"account_id": account.id, "route": route.name, "amr": amr_json,
+              "step_up": step_up}
+    if not factors:
+        if flow.request.essential or flow.request.passive:
+            fail(db, flow, ErrorCode.LEVEL_UNAVAILABLE)
+            return None
+        # Not essential: log in at what the password reaches; the relying party decides.
+        complete(db, settings, policies, flow, account=account, level=route.password_level,
+                 amr=amr_json)
+        return None
+    if len(factors) == 1:
+        transition(db, flow, FlowState.SECOND_FACTOR, factor=factors[0].value, **common)
+        return factors[0] if factors[0] is not SecondFactor.TOTP else None
+    transition(db, flow, FlowState.CHOOSE_FACTOR, factor=None, **common)
+    return None
+
+
+def choose_factor(
+    db: Session, settings: Settings, flow: LoginFlow, account: Account, factor: str
+) -> SecondFactor:
+    """The person picked a method (from choose_factor, or "another method" from the code
+    page). Refused when the account cannot use it."""
+    route = ROUTES[flow.route or DESK_ACCOUNT.name]
+    available = route.factors(db, settings, account)
+    try:
+        chosen = SecondFactor(factor)
+    except ValueError:
+        raise IllegalTransition(flow.state, "factor:?") from None
+    if chosen not in available:
+        raise IllegalTransition(flow.state, "factor:" + chosen.value)
+    if flow.flow_state is FlowState.SECOND_FACTOR:
+        transition(db, flow, FlowState.CHOOSE_FACTOR, factor=None)
+    transition(db, flow, FlowState.SECOND_FACTOR, factor=chosen.value, code_sent_at=None)
+    return chosen
+
+
+def second_factor_done(
+    db: Session, settings: Settings, policies: Policies, flow: LoginFlow, account: Account
+) -> None:
+    factor = SecondFactor(flow.factor or "")
+    amr = list(flow.amr_values)
+    if factor.amr not in amr:
+        amr.append(factor.amr)
+    complete(db, settings, policies, flow, account=account, level=Level.MIDDEN,
+             amr=json.dumps(amr))
+
+
+def complete(
+    db: Session,
+    settings: Settings,
+    policies: Policies,
+    flow: LoginFlow,
+    *,
+    account: Account,
+    level: Level,
+    amr: str,
+) -> None:
+    """Move to `done` and record the login in this browser's SSO session (a new one, or
+    the same person's raised). The relying party gets what THIS flow proved (its level,
+    methods and time), not more. The caller regenerates the Flask session id."""
+    route = ROUTES[flow.route or DESK_ACCOUNT.name]
+    now = clock.now()
+    existing = sso.current_sso(db, settings, policies.accounts.session)
+    row = sso.establish(
+        db, settings, existing=existing, account_id=account.id,
+        subject_key=route.subject_key(account), route=route.name, level=level,
+        amr=tuple(json.loads(amr)), auth_time=now,
+    )
+    sso.use(row, flow.rp_id)
+    db.flush()
+    transition(
+        db, flow, FlowState.DONE, account_id=account.id, route=route.name,
+        level_reached=int(level), amr=amr, auth_time=now, sso_session_id=row.id,
+    )
+    method = flow.factor if level > route.password_level and flow.factor else "password"
+    _record_history(db, account.id, flow, level, method)
+
+
+def _record_history(
+    db: Session, account_id: str, flow: LoginFlow, level: Level, method: str
+) -> None:
+    """Usage history (issue 5 item 7): the service, the level and how the person logged in."""
+    try:
+        from gateway.accounts.history import EventKind, record_event
+    except ImportError:  # pragma: no cover - the history module is part of the same issue
+        return
+    record_event(db, account_id, EventKind.LOGIN, service=flow.request.rp_id, level=level.label,
+                 route=method)
+
+
+# --- the API for protocol modules ----------------------------------------------------------
+
+
+def start_login(rp_request: RpRequest) -> BaseResponse:
+    """Start a login for `rp_request` in this browser; returns the redirect into the flow.
+
+    The level is chosen here (`RpRequest.target`); a request no route can serve still gets a
+    flow, which ends `failed` with `level_unavailable` so the person is told why.
+    """
+    from gateway import db as database
+
+    target = rp_request.target(reachable_levels()) or rp_request.minimum
+    s = database.session()
+    flow = create_flow(s, rp_request, target)
+    s.commit()
+    bind_to_browser(flow.id)
+    return redirect(url_for("login.flow", flow_id=flow.id), code=303)
+
+
+def bind_to_browser(flow_id: str) -> None:
+    flows = [f for f in flask_session.get(SESSION_FLOWS_KEY, []) if isinstance(f, str)]
+    flows = [f for f in flows if f != flow_id][-(MAX_SESSION_FLOWS - 1):]
+    flows.append(flow_id)
+    flask_session[SESSION_FLOWS_KEY] = flows
+
+
+def bound_to_browser(flow_id: str) -> bool:
+    flows = flask_session.get(SESSION_FLOWS_KEY, [])
+    return isinstance(flows, list) and any(
+        isinstance(f, str) and secrets.compare_digest(f, flow_id) for f in flows
+    )
+
+
+def resume_location(flow: LoginFlow) -> str:
+    """The relying party's resume URL with `flow=<id>` added to its query."""
+    parts = urlsplit(flow.request.resume_url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "flow"]
+    query.append(("flow", flow.id))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def finish(flow_id: str) -> AuthnResult:
+    """The result of a finished flow, handed out once to the browser that started it.
+
+    Raises LoginError: with `.error` set when the flow ended without a login (failed or
+    expired) or is not finished; with `.error` None when the flow is unknown, not this
+    browser's, or its result was already taken.
+    """
+    from gateway import db as database
+
+    s = database.session()
+    flow = get_flow(s, flow_id)
+    if flow is None or not bound_to_browser(flow.id):
+        raise LoginError(None, "unknown login flow")
+    request = flow.request
+    state = flow.flow_state
+    if state is not FlowState.DONE:
+        if state not in FINAL_STATES and is_expired(flow):
+            with contextlib.suppress(IllegalTransition):
+                transition(s, flow, FlowState.EXPIRED, error=ErrorCode.EXPIRED.value)
+            s.commit()
+            state = flow.flow_state
+        code = ErrorCode(flow.error) if state in FINAL_STATES and flow.error else ErrorCode.FAILED
+        raise LoginError(AuthnError(code, request), f"login flow is {state.value}")
+    taken = s.execute(
+        sa.update(LoginFlow)
+        .where(LoginFlow.id == flow.id, LoginFlow.finished_at.is_(None))
+        .values(finished_at=clock.now())
+        .execution_options(synchronize_session=False)
+    )
+    s.commit()
+    if taken.rowcount != 1:  # type: ignore[attr-defined]
+        raise LoginError(None, "login result already taken")
+    assert flow.level_reached is not None and flow.auth_time is not None and flow.route
+    return AuthnResult(
+        subject_key=f"account:{flow.account_id}",
+        account_id=flow.account_id,
+        route=flow.route,
+        level=Level(flow.level_reached),
+        amr=flow.amr_values,
+        auth_time=flow.auth_time,
+        sso_session_id=flow.sso_session_id,
+        attributes={},
+    )

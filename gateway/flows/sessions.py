@@ -1,0 +1,255 @@
+"""Single sign-on sessions: one login serves every relying party until it ends (issue 5, item 4).
+
+An `SsoSession` row records who logged in, by which route, at which level and with which
+methods (RFC 8176 `amr`), and when they last actually authenticated (`auth_time`). The browser
+holds no SSO credential of its own: a random 256-bit token lives in the server-side Flask
+session (gateway.web.sessions, which changes its id at every login), and the row's id is the
+HMAC of that token, so a copy of the table yields no usable session.
+
+A session ends:
+- after `policies.accounts.session.idle_minutes` without use (DigiD's 15 minutes), checked
+  against `last_seen_at` on every use, whatever the store's own TTLs do;
+- `absolute_hours` after its first login, however busy (OWASP Session Management Cheat Sheet,
+  "Absolute Timeout");
+- at logout, when another person logs in in the same browser, when the account is no longer
+  usable, and for every session of an account after a password change or recovery
+  (`end_all_sessions`).
+
+Step-up (basis -> midden) keeps the row and raises its level, merges the methods and moves
+`auth_time`: the person authenticated again, but it is the same sign-on.
+
+Functions take the caller's SQLAlchemy session and never commit; the flow commits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+import sqlalchemy as sa
+from flask import session as flask_session
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from gateway import clock
+from gateway.accounts.models import Account, AccountStatus
+from gateway.accounts.policy import SessionPolicy
+from gateway.db import Base, UTCDateTime
+from gateway.levels import Level
+from gateway.settings import Settings
+
+#: Key of the SSO token in the server-side Flask session.
+SESSION_KEY = "sso_token"
+#: 32 random bytes (256 bits), OWASP's advice is at least 64 bits of entropy.
+TOKEN_BYTES = 32
+#: Relying parties remembered per session (for single logout later); more is a sign of abuse.
+MAX_RPS = 100
+
+
+class EndReason(StrEnum):
+    LOGOUT = "logout"
+    IDLE = "idle"
+    ABSOLUTE = "absolute"
+    #: Another person logged in in the same browser.
+    REPLACED = "replaced"
+    #: Password changed or recovered, account blocked, deactivated or expired.
+    ACCOUNT = "account"
+
+
+class SsoSession(Base):
+    __tablename__ = "sso_sessions"
+    __table_args__ = (
+        # end_all_sessions looks up an account's open sessions.
+        sa.Index("ix_sso_sessions_account_open", "account_id", "ended_at"),
+    )
+
+    #: HMAC-SHA256(derive_key("sso-session"), token), hex.
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    account_id: Mapped[str | None] = mapped_column(
+        sa.ForeignKey("accounts.id", ondelete="CASCADE")
+    )
+    subject_key: Mapped[str] = mapped_column(sa.String(80))
+    route: Mapped[str] = mapped_column(sa.String(40))
+    level: Mapped[int] = mapped_column(sa.Integer)
+    #: JSON list of RFC 8176 values.
+    amr: Mapped[str] = mapped_column(sa.String(100))
+    auth_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    end_reason: Mapped[str | None] = mapped_column(sa.String(16), default=None)
+    #: JSON list of relying-party ids that received a login from this session.
+    rps: Mapped[str] = mapped_column(sa.Text, default="[]")
+
+    @property
+    def level_value(self) -> Level:
+        return Level(self.level)
+
+    @property
+    def amr_values(self) -> tuple[str, ...]:
+        return tuple(json.loads(self.amr))
+
+    @property
+    def rp_ids(self) -> tuple[str, ...]:
+        return tuple(json.loads(self.rps))
+
+
+def token_id(settings: Settings, token: str) -> str:
+    return hmac.new(settings.derive_key("sso-session"), token.encode(), hashlib.sha256).hexdigest()
+
+
+def _idle(policy: SessionPolicy) -> timedelta:
+    return timedelta(minutes=policy.idle_minutes)
+
+
+def _absolute(policy: SessionPolicy) -> timedelta:
+    return timedelta(hours=policy.absolute_hours)
+
+
+def end_session(row: SsoSession, reason: EndReason, now: datetime | None = None) -> None:
+    if row.ended_at is None:
+        row.ended_at = now or clock.now()
+        row.end_reason = reason.value
+
+
+def expiry_reason(row: SsoSession, policy: SessionPolicy, now: datetime) -> EndReason | None:
+    """Why `row` can no longer be used at `now`, or None while it can."""
+    if now - row.last_seen_at >= _idle(policy):
+        return EndReason.IDLE
+    if now - row.created_at >= _absolute(policy):
+        return EndReason.ABSOLUTE
+    return None
+
+
+def _account_usable(account: Account | None, now: datetime) -> bool:
+    if account is None or account.status != AccountStatus.ACTIVE.value:
+        return False
+    return account.blocked_until is None or account.blocked_until <= now
+
+
+def current_sso(db: Session, settings: Settings, policy: SessionPolicy) -> SsoSession | None:
+    """The usable SSO session of this browser, or None; ends (and forgets) one that expired.
+
+    Does not touch `last_seen_at`: reading is not activity; `use()` is.
+    """
+    token = flask_session.get(SESSION_KEY)
+    if not isinstance(token, str) or len(token) > 100:
+        return None
+    row = db.get(SsoSession, token_id(settings, token), populate_existing=True)
+    if row is None or row.ended_at is not None:
+        flask_session.pop(SESSION_KEY, None)
+        return None
+    now = clock.now()
+    reason = expiry_reason(row, policy, now)
+    if (
+        reason is None
+        and row.account_id is not None
+        and not _account_usable(db.get(Account, row.account_id), now)
+    ):
+        reason = EndReason.ACCOUNT
+    if reason is not None:
+        end_session(row, reason, now)
+        flask_session.pop(SESSION_KEY, None)
+        return None
+    return row
+
+
+def use(row: SsoSession, rp_id: str | None = None) -> None:
+    """Mark activity (renews the idle timeout) and remember the relying party served."""
+    row.last_seen_at = clock.now()
+    if rp_id is not None:
+        rps = list(row.rp_ids)
+        if rp_id not in rps and len(rps) < MAX_RPS:
+            rps.append(rp_id)
+            row.rps = json.dumps(rps)
+
+
+def establish(
+    db: Session,
+    settings: Settings,
+    *,
+    existing: SsoSession | None,
+    account_id: str | None,
+    subject_key: str,
+    route: str,
+    level: Level,
+    amr: tuple[str, ...],
+    auth_time: datetime,
+) -> SsoSession:
+    """Record a completed authentication in this browser's SSO session.
+
+    The same person again: at the same or a higher level (step-up, forced
+    re-authentication) the row is kept, takes the new level, merges the methods and moves
+    `auth_time`; at a lower level (a relying party forced a password-only login) the row keeps
+    its higher level and the time that level was proven, so a later max_age check for that
+    level is not fooled. Anyone else: the old session ends and a new one starts. The caller
+    regenerates the Flask session id.
+    """
+    if existing is not None and existing.ended_at is None and existing.subject_key == subject_key:
+        existing.last_seen_at = clock.now()
+        if int(level) >= existing.level:
+            existing.level = int(level)
+            merged = list(existing.amr_values)
+            merged.extend(a for a in amr if a not in merged)
+            existing.amr = json.dumps(merged)
+            existing.auth_time = auth_time
+            existing.route = route
+        return existing
+    now = clock.now()
+    if existing is not None:
+        end_session(existing, EndReason.REPLACED, now)
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    row = SsoSession(
+        id=token_id(settings, token),
+        account_id=account_id,
+        subject_key=subject_key,
+        route=route,
+        level=int(level),
+        amr=json.dumps(list(amr)),
+        auth_time=auth_time,
+        created_at=now,
+        last_seen_at=now,
+        ended_at=None,
+        end_reason=None,
+        rps="[]",
+    )
+    db.add(row)
+    flask_session[SESSION_KEY] = token
+    return row
+
+
+def logout(db: Session, settings: Settings) -> SsoSession | None:
+    """End this browser's SSO session (if any) and forget its token; returns the ended row."""
+    token = flask_session.pop(SESSION_KEY, None)
+    if not isinstance(token, str) or len(token) > 100:
+        return None
+    row = db.get(SsoSession, token_id(settings, token), populate_existing=True)
+    if row is None:
+        return None
+    end_session(row, EndReason.LOGOUT)
+    return row
+
+
+def end_all_sessions(
+    db: Session, account_id: str, reason: EndReason = EndReason.ACCOUNT,
+    keep: str | None = None,
+) -> int:
+    """End every open SSO session of an account (after a password change or recovery, a
+    block or a deactivation), except the one with id `keep` (the browser that made a
+    password change stays logged in); returns how many ended. Runs in the caller's
+    transaction."""
+    query = sa.update(SsoSession).where(
+        SsoSession.account_id == account_id, SsoSession.ended_at.is_(None)
+    )
+    if keep is not None:
+        query = query.where(SsoSession.id != keep)
+    result = db.execute(
+        query
+        .values(ended_at=clock.now(), end_reason=reason.value)
+        .execution_options(synchronize_session=False)
+    )
+    count: int = result.rowcount  # type: ignore[attr-defined]
+    return count

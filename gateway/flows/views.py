@@ -1,0 +1,560 @@
+"""The citizen's login pages (`login` blueprint): the login flow, activation, logout, and the
+gateway's own relying party "/account" (issue 5, items 1, 3 and 4).
+
+Views translate HTTP to calls of `gateway.flows.login` and `gateway.accounts.service` and
+back (ARCHITECTURE.md habit 4). Every page: bilingual, a clear title and an error summary,
+CSRF on every form (gateway.web.csrf), `no_store`, the WCAG 1.3.5 autocomplete tokens
+(username, current-password, one-time-code with inputmode numeric).
+
+- `/login/<flow>`: shows the page of the flow's current state; POSTs go to
+  `/login/<flow>/<step>` and answer with a redirect back to it (Post/Redirect/Get), so a
+  reload never repeats a step. A flow belongs to the browser session that started it.
+- `/activate`: username, password and the activation code from the letter or SMS.
+- `/logout`: ends the SSO session (a POST; GET shows the button).
+- `/account`: the "self" relying party: logs in at basis through the same flow every other
+  relying party uses and shows the result; `/account/step-up` asks for midden.
+
+The session id changes at every successful authentication step (`regenerate_session`), so a
+session id from before the login is worth nothing afterwards (OWASP Session Management).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Blueprint, abort, g, redirect, render_template, request, url_for
+from flask import session as flask_session
+from werkzeug.wrappers import Response as BaseResponse
+
+from gateway import clock, db
+from gateway.accounts import service as accounts
+from gateway.accounts.models import Account, AccountStatus
+from gateway.app import get_policies, get_settings
+from gateway.flows import login as flows
+from gateway.flows import sessions as sso
+from gateway.flows.login import FlowState, LoginFlow
+from gateway.flows.routes import ROUTES, SecondFactor, verify_totp
+from gateway.flows.types import ErrorCode, RpProtocol, RpRequest
+from gateway.i18n import (
+    LANGUAGE_COOKIE,
+    LANGUAGE_PARAM,
+    LANGUAGES,
+    current_language,
+    lazy_gettext,
+)
+from gateway.levels import Level
+from gateway.sms.codes import VerifyOutcome
+from gateway.sms.purposes import Purpose
+from gateway.sms.service import LimitExceeded, PhoneRejected, SendingUnavailable, get_sms_service
+from gateway.web import allow_form_action, no_store, regenerate_session
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("login", __name__)
+
+#: The gateway's own relying party id and where its login resumes.
+SELF_RP = "self"
+#: Session key: the SSO session the /account page was last logged in through.
+SELF_SSO_KEY = "self_sso"
+#: Longest form value looked at; longer is cut (no field of these forms is longer).
+MAX_FIELD = 1024
+
+CODE_MESSAGES = {
+    VerifyOutcome.WRONG: lazy_gettext("This code is not correct. Check the code and try again."),
+    VerifyOutcome.MALFORMED: lazy_gettext("Enter the 6 digits of the code."),
+}
+CODE_GONE = lazy_gettext(
+    "This code can no longer be used. Ask for a new code with \"Send a new code\"."
+)
+TOTP_WRONG = lazy_gettext(
+    "This code is not correct. Type the 6 digits your authenticator app shows now. After "
+    "several wrong codes your account is blocked for a while."
+)
+ACCOUNT_UNUSABLE = lazy_gettext(
+    "You cannot log in with this account at the moment. Start again from the service."
+)
+FACTOR_LABELS = {
+    SecondFactor.SMS.value: lazy_gettext("Code by text message (SMS)"),
+    SecondFactor.VOICE.value: lazy_gettext("Code by voice call"),
+    SecondFactor.TOTP.value: lazy_gettext("Code from my authenticator app"),
+}
+NOTICES = {
+    "unblocked": lazy_gettext("Your account is unblocked. You can log in again."),
+    "sent": lazy_gettext("We have sent you a code."),
+}
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+@bp.context_processor
+def _template_helpers() -> dict[str, Any]:
+    return {"factor_labels": FACTOR_LABELS, "resume_url": flows.resume_location}
+
+
+def _field(name: str) -> str:
+    value = request.form.get(name, "")
+    return value[:MAX_FIELD] if isinstance(value, str) else ""
+
+
+def _ip() -> str | None:
+    return request.remote_addr
+
+
+def _flow_url(flow: LoginFlow, **args: Any) -> str:
+    return url_for("login.flow", flow_id=flow.id, **args)
+
+
+def _to_flow(flow: LoginFlow, **args: Any) -> BaseResponse:
+    return redirect(_flow_url(flow, **args), code=303)
+
+
+def _allow_resume(flow: LoginFlow) -> None:
+    """A form on this page may end in a redirect to the relying party (the resume URL, or
+    where the protocol sends the browser after it): when that is another origin, the page's
+    form-action must allow it, because browsers apply form-action to the redirects after a
+    form submission (gateway.web.headers)."""
+    issuer = urlsplit(get_settings().issuer)
+    request_ = flow.request
+    for target in (request_.resume_url, request_.return_origin):
+        if not target:
+            continue
+        parts = urlsplit(target)
+        if parts.netloc and (parts.scheme, parts.netloc) != (issuer.scheme, issuer.netloc):
+            try:
+                allow_form_action(target)
+            except ValueError:
+                log.warning("a relying party's return address is not an http(s) origin")
+
+
+def _page(template: str, flow: LoginFlow | None, status: int = 200, **context: Any) -> Any:
+    if flow is not None:
+        _allow_resume(flow)
+    context.setdefault("errors", {})
+    return render_template(f"login/{template}", flow=flow, **context), status
+
+
+def _unknown_flow() -> Any:
+    return _page("unknown.html", None, 404)
+
+
+def _load(flow_id: str) -> LoginFlow | None:
+    """The flow, if it exists and belongs to this browser; an expired one moves to expired."""
+    s = db.session()
+    flow = flows.get_flow(s, flow_id)
+    if flow is None or not flows.bound_to_browser(flow.id):
+        return None
+    _use_rp_language(flow)
+    if flow.flow_state not in flows.FINAL_STATES and flows.is_expired(flow):
+        # IllegalTransition: another request moved it meanwhile.
+        with contextlib.suppress(flows.IllegalTransition):
+            flows.transition(s, flow, FlowState.EXPIRED, error=ErrorCode.EXPIRED.value)
+        s.commit()
+        flow = flows.get_flow(s, flow_id)
+    return flow
+
+
+def _use_rp_language(flow: LoginFlow) -> None:
+    """The relying party's ui_locale (OIDC ui_locales, for example) picks the language,
+    unless the person chose one here (?lang= or the remembered choice)."""
+    wanted = flow.request.ui_locale
+    if wanted not in LANGUAGES or request.args.get(LANGUAGE_PARAM) in LANGUAGES:
+        return
+    if request.cookies.get(LANGUAGE_COOKIE) in LANGUAGES or "gateway_language" in g:
+        return
+    g.gateway_language = wanted
+
+
+def _account(flow: LoginFlow) -> Account | None:
+    """The flow's account while it may still log in (not blocked, deactivated or expired)."""
+    if flow.account_id is None:
+        return None
+    account = db.session().get(Account, flow.account_id, populate_existing=True)
+    if account is None or account.status != AccountStatus.ACTIVE.value:
+        return None
+    if account.blocked_until is not None and account.blocked_until > clock.now():
+        return None
+    return account
+
+
+def _stale(flow: LoginFlow, *states: FlowState) -> bool:
+    """A POST for a step the flow is no longer at (back button, second tab)."""
+    return flow.flow_state not in states
+
+
+def _mask(e164: str | None) -> str:
+    """The last two digits: enough for the owner to recognise the number, no more."""
+    return e164[-2:] if e164 and len(e164) > 4 else ""
+
+
+def _send_code(flow: LoginFlow, account: Account) -> str | None:
+    """Send the login code by SMS or voice; None when sent, else the message to show."""
+    # The SMS service runs transactions of its own: ours must not hold the database (on
+    # SQLite every transaction takes the write lock when it begins).
+    db.session().commit()
+    try:
+        get_sms_service().send_code(
+            purpose=Purpose.LOGIN, flow_id=flow.id, phone=account.phone_e164 or "",
+            language=current_language(), account_id=account.id, ip=_ip(),
+        )
+    except (PhoneRejected, LimitExceeded, SendingUnavailable) as exc:
+        return str(exc.message)
+    s = db.session()
+    flows.update_flow(s, flow, code_sent_at=clock.now())
+    s.commit()
+    return None
+
+
+def _notice() -> Any:
+    key = request.args.get("notice", "")
+    return NOTICES.get(key) if isinstance(key, str) else None
+
+
+def _after_login() -> None:
+    """A new session id whenever someone has just proven something (fixation)."""
+    regenerate_session()
+
+
+# --- the flow -----------------------------------------------------------------------------
+
+
+@bp.get("/login/<flow_id>")
+@no_store
+def flow(flow_id: str) -> Any:
+    current = _load(flow_id)
+    if current is None:
+        return _unknown_flow()
+    s = db.session()
+    state = current.flow_state
+    if state is FlowState.STARTED:
+        with contextlib.suppress(flows.FlowExpired):
+            flows.begin(s, get_settings(), get_policies(), current)
+        s.commit()
+        state = current.flow_state  # and show that state's page at once
+    if state is FlowState.DONE:
+        # Login notice and the e-mail interstitial (issue 5 items 7-8) before the RP.
+        from gateway.accounts.views import after_login
+
+        return redirect(after_login(current), code=303)
+    if state is FlowState.FAILED:
+        if current.error == ErrorCode.LEVEL_UNAVAILABLE.value and not current.request.passive:
+            return _page("unavailable.html", current, level=current.level)
+        return redirect(flows.resume_location(current), code=303)
+    if state is FlowState.EXPIRED:
+        return _page("expired.html", current)
+    if state is FlowState.CHOOSE_ROUTE:
+        routes = [r for r in ROUTES.values() if current.level in r.levels]
+        return _page("choose_route.html", current, routes=routes)
+    if state is FlowState.PASSWORD:
+        return _page(
+            "password.html", current, username=(current.request.login_hint or "")[:64],
+            notice=_notice(),
+        )
+    account = _account(current)
+    if account is None:
+        flows.fail(s, current, ErrorCode.FAILED)
+        s.commit()
+        return _page("unusable.html", current, 200)
+    if state is FlowState.CHOOSE_FACTOR:
+        factors = ROUTES[current.route or ""].factors(s, get_settings(), account)
+        return _page("choose_factor.html", current, factors=factors)
+    return _factor_page(current, account)
+
+
+def _factor_page(
+    current: LoginFlow, account: Account, errors: dict[str, str] | None = None, status: int = 200
+) -> Any:
+    factors = ROUTES[current.route or ""].factors(db.session(), get_settings(), account)
+    factor = SecondFactor(current.factor or SecondFactor.SMS)
+    template = "totp.html" if factor is SecondFactor.TOTP else "code.html"
+    return _page(
+        template, current, status, errors=errors or {}, factor=factor, notice=_notice(),
+        phone=_mask(account.phone_e164), sent=current.code_sent_at is not None,
+        other_factors=[f for f in factors if f is not factor],
+    )
+
+
+@bp.post("/login/<flow_id>/route")
+@no_store
+def choose_route(flow_id: str) -> Any:
+    current = _load(flow_id)
+    if current is None:
+        return _unknown_flow()
+    if not _stale(current, FlowState.CHOOSE_ROUTE):
+        s = db.session()
+        try:
+            flows.choose_route(s, current, _field("route"))
+        except flows.IllegalTransition:
+            abort(400)
+        except flows.FlowExpired:
+            pass
+        s.commit()
+    return _to_flow(current)
+
+
+@bp.post("/login/<flow_id>/password")
+@no_store
+def password(flow_id: str) -> Any:
+    current = _load(flow_id)
+    if current is None:
+        return _unknown_flow()
+    if _stale(current, FlowState.PASSWORD):
+        return _to_flow(current)
+    username = _field("username")
+    s = db.session()
+    settings, policies = get_settings(), get_policies()
+    try:
+        account = accounts.check_password(
+            s, settings, policies, username=username, password=_field("password"), ip=_ip()
+        )
+    except accounts.AccountBlocked as exc:
+        return _page("blocked.html", current, username=username[:64], until=exc.until,
+                     message=exc.message)
+    except accounts.TooManyAttempts as exc:
+        page = _page("password.html", current, 429, username=username[:64],
+                     errors={"username": exc.message})
+        return (*page, {"Retry-After": str(exc.retry_after)})
+    except accounts.TryLater as exc:
+        return _page("password.html", current, 503, username=username[:64],
+                     errors={"username": exc.message})
+    except accounts.LoginFailed as exc:
+        return _page("password.html", current, username=username[:64],
+                     errors={"username": exc.message})
+    try:
+        send = flows.after_first_factor(s, settings, policies, current, account)
+    except flows.FlowExpired:
+        s.commit()
+        return _to_flow(current)
+    s.commit()
+    _after_login()
+    if send is not None:
+        problem = _send_code(current, account)
+        if problem is not None:
+            return _factor_page(current, account, {"code": problem})
+    return _to_flow(current)
+
+
+@bp.post("/login/<flow_id>/factor")
+@no_store
+def choose_factor(flow_id: str) -> Any:
+    current = _load(flow_id)
+    if current is None:
+        return _unknown_flow()
+    if _stale(current, FlowState.CHOOSE_FACTOR, FlowState.SECOND_FACTOR):
+        return _to_flow(current)
+    account = _account(current)
+    if account is None:
+        return _to_flow(current)
+    s = db.session()
+    try:
+        chosen = flows.choose_factor(s, get_settings(), current, account, _field("factor"))
+    except flows.IllegalTransition:
+        abort(400)
+    except flows.FlowExpired:
+        s.commit()
+        return _to_flow(current)
+    s.commit()
+    if chosen is not SecondFactor.TOTP:
+        problem = _send_code(current, account)
+        if problem is not None:
+            return _factor_page(current, account, {"code": problem})
+    return _to_flow(current)
+
+
+@bp.post("/login/<flow_id>/code")
+@no_store
+def code(flow_id: str) -> Any:
+    current = _load(flow_id)
+    if current is None:
+        return _unknown_flow()
+    if _stale(current, FlowState.SECOND_FACTOR):
+        return _to_flow(current)
+    account = _account(current)
+    if account is None:
+        return _to_flow(current)
+    factor = SecondFactor(current.factor or SecondFactor.SMS)
+    s = db.session()
+    settings, policies = get_settings(), get_policies()
+    if request.form.get("action") == "send" and factor is not SecondFactor.TOTP:
+        problem = _send_code(current, account)
+        if problem is not None:
+            return _factor_page(current, account, {"code": problem})
+        return _to_flow(current, notice="sent")
+
+    typed = _field("code")
+    if factor is SecondFactor.TOTP:
+        if not verify_totp(s, settings, policies, account, typed):
+            return _factor_page(current, account, {"code": str(TOTP_WRONG)})
+    else:
+        s.commit()  # see _send_code
+        outcome = get_sms_service().verify_code(
+            purpose=Purpose.LOGIN, flow_id=current.id, code=typed
+        )
+        if outcome is not VerifyOutcome.OK:
+            message = CODE_MESSAGES.get(outcome, CODE_GONE)
+            return _factor_page(current, account, {"code": str(message)})
+    try:
+        flows.second_factor_done(s, settings, policies, current, account)
+    except flows.FlowExpired:
+        s.commit()
+        return _to_flow(current)
+    s.commit()
+    _after_login()
+    return _to_flow(current)
+
+
+@bp.post("/login/<flow_id>/cancel")
+@no_store
+def cancel(flow_id: str) -> Any:
+    current = _load(flow_id)
+    if current is None:
+        return _unknown_flow()
+    if current.flow_state not in flows.FINAL_STATES:
+        s = db.session()
+        with contextlib.suppress(flows.IllegalTransition, flows.FlowExpired):
+            flows.fail(s, current, ErrorCode.CANCELLED)
+        s.commit()
+    return _to_flow(current)
+
+
+@bp.post("/login/<flow_id>/unblock")
+@no_store
+def unblock(flow_id: str) -> Any:
+    """Blocked page -> send an unblock code (only when username and password are right)."""
+    current = _load(flow_id)
+    if current is None:
+        return _unknown_flow()
+    username = _field("username")
+    try:
+        accounts.start_unblock(
+            db.session(), get_settings(), _app(), username=username,
+            password=_field("password"), ip=_ip(),
+        )
+    except (accounts.TooManyAttempts, accounts.TryLater) as exc:
+        return _page("blocked.html", current, 429, username=username[:64],
+                     errors={"password": exc.message}, message=None, until=None)
+    return _page("unblock.html", current, username=username[:64],
+                 notice=accounts.UNBLOCK_REQUESTED)
+
+
+@bp.post("/login/<flow_id>/unblock/code")
+@no_store
+def unblock_code(flow_id: str) -> Any:
+    current = _load(flow_id)
+    if current is None:
+        return _unknown_flow()
+    username = _field("username")
+    try:
+        accounts.finish_unblock(
+            db.session(), get_settings(), _app(), username=username,
+            code=_field("unblock_code"), ip=_ip(),
+        )
+    except accounts.AccountError as exc:
+        status = 429 if isinstance(exc, accounts.TooManyAttempts) else 200
+        return _page("unblock.html", current, status, username=username[:64],
+                     errors={"unblock_code": exc.message}, notice=None)
+    return _to_flow(current, notice="unblocked")
+
+
+def _app() -> Any:
+    from flask import current_app
+
+    return current_app._get_current_object()  # type: ignore[attr-defined]
+
+
+# --- activation ---------------------------------------------------------------------------
+
+
+@bp.route("/activate", methods=["GET", "POST"])
+@no_store
+def activate() -> Any:
+    errors: dict[str, Any] = {}
+    username = ""
+    status = 200
+    if request.method == "POST":
+        username = _field("username")
+        try:
+            accounts.activate(
+                db.session(), get_settings(), get_policies(), username=username,
+                password=_field("password"), activation_code=_field("activation_code"),
+                ip=_ip(),
+            )
+        except accounts.CodeRefused as exc:
+            errors["activation_code"] = exc.message
+        except (accounts.LoginFailed, accounts.AccountBlocked) as exc:
+            errors["username"] = exc.message
+        except accounts.TooManyAttempts as exc:
+            errors["username"], status = exc.message, 429
+        except accounts.TryLater as exc:
+            errors["username"], status = exc.message, 503
+        else:
+            return _page("activated.html", None)
+    return _page("activate.html", None, status, username=username[:64], errors=errors)
+
+
+# --- logout -------------------------------------------------------------------------------
+
+
+@bp.route("/logout", methods=["GET", "POST"])
+@no_store
+def logout() -> Any:
+    if request.method == "GET":
+        return _page("logout.html", None)
+    s = db.session()
+    ended = sso.logout(s, get_settings())
+    s.commit()
+    flask_session.pop(SELF_SSO_KEY, None)
+    if ended is not None:
+        regenerate_session()
+    return _page("logged_out.html", None)
+
+
+# --- the "self" relying party ----------------------------------------------------------------
+
+
+def _self_request(level: Level, essential: bool = False) -> RpRequest:
+    return RpRequest(
+        rp_id=SELF_RP, protocol=RpProtocol.SELF, levels=(level,), essential=essential,
+        resume_url=url_for("login.account"), ui_locale=current_language(),
+    )
+
+
+@bp.get("/account")
+@no_store
+def account() -> Any:
+    flow_id = request.args.get("flow")
+    if flow_id is not None:
+        try:
+            result = flows.finish(flow_id)
+        except flows.LoginError as exc:
+            if exc.error is None:
+                return redirect(url_for("login.account"), code=303)
+            return _page("account_error.html", None, code=exc.error.code.value)
+        flask_session[SELF_SSO_KEY] = result.sso_session_id
+        return redirect(url_for("login.account"), code=303)
+
+    s = db.session()
+    row = sso.current_sso(s, get_settings(), get_policies().accounts.session)
+    if row is None or flask_session.get(SELF_SSO_KEY) != row.id:
+        s.commit()  # an expired session is ended for good
+        return flows.start_login(_self_request(Level.BASIS))
+    sso.use(row, SELF_RP)
+    s.commit()
+    person = s.get(Account, row.account_id) if row.account_id else None
+    return _page(
+        "account.html", None, username=person.username if person else "",
+        level=Level(row.level), amr=row.amr_values, can_step_up=row.level < Level.MIDDEN,
+    )
+
+
+@bp.get("/account/step-up")
+@no_store
+def step_up() -> Any:
+    return flows.start_login(_self_request(Level.MIDDEN, essential=True))
+
+
+def init_app(app: Any) -> None:
+    app.register_blueprint(bp)
