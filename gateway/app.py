@@ -68,6 +68,10 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     account_views.init_app(app)  # /account/...: the citizen's "My account" pages
 
+    from gateway.accounts import recovery_views
+
+    recovery_views.init_app(app)  # /account/unblock, /account/recover: citizen self-help
+
     from gateway.idp import oidc
 
     oidc.init_app(app, settings)  # OpenID Connect provider: discovery, /oidc/*
@@ -75,6 +79,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     from gateway.idp.saml import views as saml_views
 
     saml_views.init_app(app)  # SAML 2.0 IdP: /saml/idp/*
+
+    from gateway.portal import outbox as dev_outbox
+
+    dev_outbox.init_app(app, settings)  # /dev/outbox, only under `gateway demo` in dev mode
     return app
 
 

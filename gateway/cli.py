@@ -80,12 +80,14 @@ def serve(host: str, port: int, workers: int) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--portal-port", default=8001, show_default=True, type=click.IntRange(1, 65535),
+              help="Port of the demo portal (a relying party) served beside the gateway.")
 @one_line_errors
-def demo(host: str, port: int) -> None:
-    """Seed demo data, print what to open and type, and serve."""
+def demo(host: str, port: int, portal_port: int) -> None:
+    """Seed demo data, print what to open and type, and serve (with the demo portal)."""
     from gateway.demo import run_demo
 
-    run_demo(host, port)
+    run_demo(host, port, portal_port)
 
 
 @main.group()

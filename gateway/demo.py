@@ -8,9 +8,13 @@ open and type, and serves.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 from flask import Flask
+
+if TYPE_CHECKING:
+    from gateway.settings import Settings
 
 #: Seeders in order; each takes the app and returns the lines it wants printed.
 Seeder = Callable[[Flask], list[str]]
@@ -27,36 +31,74 @@ def seeders() -> list[Seeder]:
     from gateway.desks.demo import seed_demo_staff
 
     found.append(seed_demo_staff)
+    from gateway.accounts.demo import seed_demo_citizen
+
+    found.append(seed_demo_citizen)
+    from gateway.portal.seed import seed_portal
+
+    found.append(seed_portal)
     return found
 
 
-def run_demo(host: str, port: int) -> None:
-    from gateway.cli import Failure, load_app, load_settings
-    from gateway.db import upgrade
-    from gateway.server import run
+def demo_lines(settings: Settings, base: str, portal_url: str) -> list[str]:
+    """What `gateway demo` prints before the seeders' lines: where everything is."""
+    from gateway.portal.outbox import OUTBOX_PATH
 
-    settings = load_settings()
-    if not settings.dev:
-        raise Failure("GATEWAY_ENV: the demo runs in dev mode only")
-    base = f"http://{host}:{port}"
-    if "GATEWAY_ISSUER" not in settings.environ:
-        # The demo's issuer follows where it listens, so WebOTP lines and redirects match.
-        settings = settings.with_overrides(issuer=base)
-    upgrade(settings.database_url)
-    app = load_app(settings)
-    lines = [
+    return [
         "",
         "abroad-gateway demo",
         "===================",
         f"Gateway:            {base}/",
+        f"Demo portal (RP):   {portal_url}/   (log in there with OIDC or SAML)",
+        f"Apply for account:  {base}/apply",
+        f"Outboxes (dev):     {base}{OUTBOX_PATH}   (the SMS codes and e-mails the demo sent)",
         f"Health:             {base}/healthz   {base}/readyz   {base}/metrics",
         f"Instance folder:    {settings.instance_dir}",
         f"SMS outbox (dev):   {settings.sms_outbox}",
         f"Mail outbox (dev):  {settings.mail_outbox}",
     ]
+
+
+def prepare_demo(host: str, port: int, portal_port: int) -> tuple[Settings, list[str], str]:
+    """Everything of `gateway demo` except serving: settings, migrations, seeds, and the lines
+    to print. Returns the settings to serve with, the lines and the portal URL."""
+    from gateway.cli import Failure, load_app, load_settings
+    from gateway.db import upgrade
+    from gateway.portal.keys import PORTAL_URL_CONFIG
+    from gateway.portal.outbox import DEMO_FLAG
+
+    settings = load_settings()
+    if not settings.dev:
+        raise Failure("GATEWAY_ENV: the demo runs in dev mode only")
+    if portal_port == port:
+        raise Failure("--portal-port: must differ from --port")
+    shown_host = f"[{host}]" if ":" in host else host
+    base = f"http://{shown_host}:{port}"
+    portal_url = f"http://{shown_host}:{portal_port}"
+    overrides: dict[str, Any] = {"environ": {**settings.environ, DEMO_FLAG: "1"}}
+    if "GATEWAY_ISSUER" not in settings.environ:
+        # The demo's issuer follows where it listens, so WebOTP lines and redirects match.
+        overrides["issuer"] = base
+    settings = settings.with_overrides(**overrides)
+    upgrade(settings.database_url)
+    app = load_app(settings)
+    app.config[PORTAL_URL_CONFIG] = portal_url
+    lines = demo_lines(settings, settings.issuer, portal_url)
     with app.app_context():
         for seed in seeders():
             lines.extend(seed(app))
     lines += ["", "Stop with Ctrl+C.", ""]
+    return settings, lines, portal_url
+
+
+def run_demo(host: str, port: int, portal_port: int = 8001) -> None:
+    from gateway.portal.serve import start_portal
+    from gateway.server import run
+
+    settings, lines, portal_url = prepare_demo(host, port, portal_port)
     click.echo("\n".join(lines))
-    run(settings, host=host, port=port, workers=1)
+    portal = start_portal(settings, host, portal_port, portal_url)
+    try:
+        run(settings, host=host, port=port, workers=1)
+    finally:
+        portal.stop()

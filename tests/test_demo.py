@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from flask import Flask
 
 from gateway import clock
+from gateway.accounts.demo import seed_demo_citizen
 from gateway.app import get_policies, get_settings
 from gateway.cli import main
 from gateway.db import get_db
@@ -59,3 +60,20 @@ def test_demo_refuses_production(tmp_path) -> None:  # type: ignore[no-untyped-d
     })
     assert result.exit_code == 1
     assert result.output.strip() == "gateway: GATEWAY_ENV: the demo runs in dev mode only"
+
+
+CITIZEN = re.compile(r"username: (demo\.citizen)\s+password: (\S+)")
+
+
+def test_demo_citizen_logs_in_with_the_printed_password(app: Flask) -> None:
+    from tests.test_login_flow import login_password
+
+    first = CITIZEN.search("\n".join(seed_demo_citizen(app)))
+    lines = seed_demo_citizen(app)  # a second start gives a new password that works
+    second = CITIZEN.search("\n".join(lines))
+    assert first and second and first.group(2) != second.group(2)
+    client = app.test_client()
+    page = client.get("/account?lang=en", follow_redirects=True)
+    page = login_password(client, page, username="demo.citizen", password=second.group(2))
+    assert page.request.path == "/account"
+    assert "You are logged in as demo.citizen at level basis." in page.get_data(as_text=True)

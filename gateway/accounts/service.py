@@ -290,7 +290,11 @@ def username_key(raw: str) -> str | None:
     if not isinstance(raw, str) or len(raw) > MAX_USERNAME_INPUT:
         return None
     key = raw.strip().lower()
-    return key or None
+    # Usernames are printable (gateway.desks.apply); control characters (a NUL byte breaks
+    # PostgreSQL's text type) can only be hostile input: treat it as an unknown username.
+    if not key or any(not ch.isprintable() for ch in key):
+        return None
+    return key
 
 
 def find_account(session: Session, username: str) -> Account | None:

@@ -381,8 +381,20 @@ class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = TOKEN_AUTH_METHODS
 
     def query_authorization_code(self, code: str, client: Client) -> _CodeView | None:
-        grant = tokens.consume_code(db_session(), get_settings(), code, client.client_id)
+        # The won code stays in this request's transaction and is committed with the tokens
+        # (token_response), or below when a later check refuses the request.
+        grant = tokens.consume_code(
+            db_session(), get_settings(), code, client.client_id, commit_win=False
+        )
         return _CodeView(grant) if grant is not None else None
+
+    def validate_token_request(self) -> None:
+        try:
+            super().validate_token_request()  # with its hooks: PKCE (S256CodeChallenge)
+        except OAuth2Error:
+            # A code refused after it was consumed (redirect URI, PKCE) stays used.
+            db_session().commit()
+            raise
 
     def delete_authorization_code(self, authorization_code: Any) -> None:
         """Nothing to do: consuming marked the code used (a replay must still find it)."""

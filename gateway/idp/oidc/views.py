@@ -208,7 +208,9 @@ def discovery() -> Response:
         "prompt_values_supported": ["none", "login"],
         "ui_locales_supported": ["nl", "en"],
         "authorization_response_iss_parameter_supported": True,
-        "backchannel_logout_supported": False,
+        # OIDC Back-Channel Logout 1.0 section 2.1 (gateway.idp.oidc.backchannel).
+        "backchannel_logout_supported": True,
+        "backchannel_logout_session_supported": True,
         "frontchannel_logout_supported": False,
     }
     response = jsonify(document)
@@ -458,5 +460,8 @@ def _after_logout() -> BaseResponse:
 
 
 def init_app(app: Flask, settings: Settings) -> None:
+    from gateway.idp.oidc import backchannel
+
     app.extensions[SERVER_KEY] = provider.create_server()
     app.register_blueprint(bp)
+    backchannel.init_app(app)

@@ -23,14 +23,22 @@ import secrets
 from datetime import timedelta
 from typing import Any, Final
 
+from cryptography.hazmat.primitives import serialization
 from lxml import etree
 from saml2 import class_name, samlp
-from saml2.saml import NAMEID_FORMAT_PERSISTENT, NAMEID_FORMAT_UNSPECIFIED, Issuer, NameID
-from saml2.sigver import pre_signature_part
+from saml2.saml import (
+    NAMEID_FORMAT_PERSISTENT,
+    NAMEID_FORMAT_UNSPECIFIED,
+    EncryptedAssertion,
+    Issuer,
+    NameID,
+)
+from saml2.sigver import make_temp, pre_encryption_part, pre_signature_part
 from saml2.xmldsig import DIGEST_SHA256, SIG_RSA_SHA256
 
 from gateway import clock
 from gateway.flows.types import AuthnResult, ErrorCode
+from gateway.idp.saml.crypto import AES256_GCM, RSA_OAEP_MGF1P
 from gateway.idp.saml.registry import SamlServiceProvider
 from gateway.settings import Settings
 from gateway.store import SharedStore
@@ -58,6 +66,15 @@ FLOW_STATUS: Final = {
 }
 
 SAMLP_NS: Final = "urn:oasis:names:tc:SAML:2.0:protocol"
+SAML_NS: Final = "urn:oasis:names:tc:SAML:2.0:assertion"
+#: The prefixes of a Response and of the assertion signed apart from it (see _xml).
+PREFIXES: Final = {
+    "samlp": SAMLP_NS,
+    "saml": SAML_NS,
+    "ds": "http://www.w3.org/2000/09/xmldsig#",
+    "xs": "http://www.w3.org/2001/XMLSchema",
+    "xsi": "http://www.w3.org/2001/XMLSchema-instance",
+}
 SOAP_NS: Final = "http://schemas.xmlsoap.org/soap/envelope/"
 
 
@@ -110,14 +127,90 @@ def authn_response(
             "authn_instant": int(result.auth_time.timestamp()),
             "authn_auth": server.config.entityid,
         },
-        sign_response=True,
-        sign_assertion=True,
-        encrypt_assertion=encrypt,
-        encrypt_assertion_self_contained=True,
+        sign_response=not encrypt,
+        sign_assertion=not encrypt,
+        encrypt_assertion=False,
         sign_alg=SIG_RSA_SHA256,
         digest_alg=DIGEST_SHA256,
     )
-    return str(response)
+    if not encrypt:
+        return str(response)
+    return _sign_encrypt_sign(server, sp, response)
+
+
+def _sign_encrypt_sign(server: Any, sp: SamlServiceProvider, response: samlp.Response) -> str:
+    """Sign the assertion on its own, encrypt exactly what was signed, then sign the Response.
+
+    Why not pysaml2's `encrypt_assertion=True`: its "self-contained" step rewrites the
+    assertion's prefixes to `encas0:`/`encas1:` before signing, while the enclosing Response
+    declares the same namespaces as `ds:`/`saml:`. The signature is valid over that form, but
+    an SP that decrypts and puts the assertion back into the Response (python3-saml, and any
+    lxml-based SP: lxml drops namespace declarations an ancestor already makes *by URI*,
+    renaming the prefix) verifies a different exclusive-c14n form, so the digest no longer
+    matches. Here the assertion is serialised stand-alone with the same prefixes the Response
+    uses (`saml:`, `ds:`, see `_xml`), so moving it back changes nothing the signature covers.
+    """
+    assertion = response.assertion
+    if isinstance(assertion, list):
+        if len(assertion) != 1:
+            raise ValueError("exactly one assertion expected")
+        assertion = assertion[0]
+    # Signature Ids are document-wide xs:IDs: the Response's is Signature1.
+    assertion.signature = pre_signature_part(
+        assertion.id, server.sec.my_cert, 2, sign_alg=SIG_RSA_SHA256, digest_alg=DIGEST_SHA256
+    )
+    signed_assertion = _text(server.sec.sign_statement(
+        _xml(assertion), class_name(assertion), node_id=assertion.id
+    ))
+    encrypted_data = _encrypt_for(server, sp, signed_assertion)
+
+    response.assertion = None
+    response.encrypted_assertion = EncryptedAssertion()
+    response.signature = pre_signature_part(
+        response.id, server.sec.my_cert, 1, sign_alg=SIG_RSA_SHA256, digest_alg=DIGEST_SHA256
+    )
+    root = etree.fromstring(_xml(response).encode())
+    container = root.find(f"{{{SAML_NS}}}EncryptedAssertion")
+    if container is None:
+        raise ValueError("no EncryptedAssertion placeholder")
+    container.append(etree.fromstring(_strip_declaration(encrypted_data).encode()))
+    return _text(server.sec.sign_statement(
+        etree.tostring(root, encoding="unicode"), class_name(response), node_id=response.id
+    ))
+
+
+def _xml(element: Any) -> str:
+    """pysaml2 serialises with ElementTree, whose prefixes depend on what this process happened
+    to register before (`ns0:` in a fresh process): name them, so the assertion and the
+    Response around it always use the same prefix for the same namespace."""
+    text = element.to_string(nspair=PREFIXES)
+    return text.decode("utf-8") if isinstance(text, bytes) else str(text)
+
+
+def _encrypt_for(server: Any, sp: SamlServiceProvider, signed_assertion: str) -> str:
+    """The signed assertion as an `xenc:EncryptedData` for the SP's first encryption key
+    (AES-256-GCM content, RSA-OAEP key transport; never 3DES, pysaml2's default)."""
+    certificates = sp.parsed.encryption_certificates
+    if not certificates:
+        raise ValueError("the SP has no encryption certificate")
+    cert_pem = certificates[0].public_bytes(serialization.Encoding.PEM)
+    cert_b64 = "".join(cert_pem.decode("ascii").splitlines()[1:-1])
+    template = pre_encryption_part(
+        msg_enc=AES256_GCM, key_enc=RSA_OAEP_MGF1P, encrypt_cert=cert_b64
+    )
+    delete = server.config.delete_tmpfiles
+    cert_file = make_temp(cert_pem, decode=False, delete_tmpfiles=delete)
+    template_file = make_temp(str(template).encode(), decode=False, delete_tmpfiles=delete)
+    # The whole document is the signed assertion: no XPath, so nothing else is encrypted.
+    encrypted = server.sec.crypto.encrypt(
+        _strip_declaration(signed_assertion), cert_file.name, template_file.name, "aes-256"
+    )
+    return _text(encrypted)
+
+
+def _text(xml: str | bytes) -> str:
+    # The xmlsec1 backend answers with bytes, the in-process one with str.
+    return xml.decode("utf-8") if isinstance(xml, bytes) else xml
 
 
 def error_response(
