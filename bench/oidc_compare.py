@@ -28,6 +28,7 @@ Needs Node.js 20+ and `npm ci --prefix bench/oidc` (run here when node_modules i
 
 from __future__ import annotations
 
+import abc
 import argparse
 import base64
 import collections
@@ -152,7 +153,7 @@ class BenchError(Exception):
 # --- the two providers ----------------------------------------------------------------------
 
 
-class Provider:
+class Provider(abc.ABC):
     name = ""
     authorize_path = ""
     token_path = ""
@@ -160,11 +161,11 @@ class Provider:
     secret = ""
     proc: subprocess.Popen[bytes] | None = None
 
-    def login(self, browser: Browser) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def login(self, browser: Browser) -> None: ...
 
-    def mint(self, browser: Browser, count: int) -> list[tuple[str, str]]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def mint(self, browser: Browser, count: int) -> list[tuple[str, str]]: ...
 
     def authorize(self, browser: Browser) -> tuple[Reply, str]:
         verifier, challenge = pkce()
