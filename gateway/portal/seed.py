@@ -52,5 +52,5 @@ def seed_portal(app: Flask) -> list[str]:
         f"Demo portal (relying party): {addresses.portal_url}/",
         f"  OIDC client {CLIENT_ID} (private_key_jwt, bsn); "
         f"SAML SP {addresses.entity_id} (bsn)",
-        "  Log in there with an activated citizen account (apply, visit the desk, activate).",
+        "  Log in there as the demo citizen, or with an account you applied for and activated.",
     ]

@@ -2,3 +2,13 @@
 
 `crypto` gives pysaml2 an in-process XML Signature / XML Encryption backend.
 """
+
+from __future__ import annotations
+
+import warnings
+
+# pysaml2 names the CFB mode at import time (for ciphers we never use); cryptography warns
+# about it on every start. Silence exactly that one warning, not cryptography's others.
+warnings.filterwarnings(
+    "ignore", message="CFB has been moved", module="saml2.cryptography.symmetric"
+)
