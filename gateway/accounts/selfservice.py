@@ -74,8 +74,9 @@ from gateway.mail.addresses import InvalidAddress, validate_email
 from gateway.settings import Settings
 from gateway.sms.codes import VerifyOutcome
 from gateway.sms.dispatch import DeliveryFailed, get_dispatcher
+from gateway.sms.limits import LimitExceeded, SendingUnavailable
 from gateway.sms.messages import SERVICE_NAME, message_language
-from gateway.sms.phone import parse_phone
+from gateway.sms.phone import Phone, PhoneRejected, parse_phone
 from gateway.sms.purposes import Purpose
 from gateway.sms.service import get_sms_service
 from gateway.store import StoreUnavailable, get_store
@@ -339,12 +340,44 @@ def start_phone_change(
                         binding=binding, started_at=clock.now())
 
 
+PHONE_NOTICE_REFUSED = lazy_gettext(
+    "Your phone number has not been changed: we must first send a notice to your current"
+    " number, and too many messages have been sent to it (or we cannot send messages right"
+    " now). Try again later; your code stays valid until it expires."
+)
+
 _PHONE_NOTICE = {
     "en": "{service}: the phone number of your account has just been changed to a number "
     "ending in {digits}. Not you? Contact a desk at once.",
     "nl": "{service}: het telefoonnummer van uw account is zojuist gewijzigd in een nummer "
     "dat eindigt op {digits}. Niet door u gedaan? Neem direct contact op met een balie.",
 }
+
+
+def _old_number_notice(app: Flask, account: Account, new_e164: str) -> tuple[Phone, str] | None:
+    """The old number and the notice it is to get, counted against the SMS abuse limits
+    (per number, per account, number range, country budget; no per-IP limit: the person is
+    logged in and the notice is the gateway's own message). None when there is no other old
+    number, or it no longer passes the phone policy (it could not get a code either).
+    Raises ChangeRefused when the limits refuse the notice."""
+    old_e164 = account.phone_e164
+    if not old_e164 or old_e164 == new_e164:
+        return None
+    try:
+        old = parse_phone(old_e164, get_policies(app).sms)
+    except PhoneRejected:
+        log.warning("phone change notice skipped: the old number fails the phone policy")
+        return None
+    text = _PHONE_NOTICE[message_language(account.language)].format(
+        service=SERVICE_NAME, digits=_last_digits(new_e164)
+    )
+    try:
+        get_sms_service(app).count_message(phone=old, text=text, account_id=account.id)
+    except (LimitExceeded, SendingUnavailable) as exc:
+        log.warning("phone change refused: notice to the old number not allowed (%s)",
+                    type(exc).__name__)
+        raise ChangeRefused("notice_refused", PHONE_NOTICE_REFUSED) from None
+    return old, text
 
 
 def finish_phone_change(
@@ -359,6 +392,10 @@ def finish_phone_change(
     if not pending.live(account):
         raise ChangeRefused("expired", PHONE_CODE_GONE)
     session.commit()  # see start_phone_change
+    # The old number's notice is counted against the SMS abuse limits before anything
+    # changes, and a refusal refuses the change (the code stays usable): otherwise someone
+    # who exhausted the old number's budget could move the account without its owner hearing.
+    notice = _old_number_notice(app, account, pending.e164)
     outcome = get_sms_service(app).verify_code(
         purpose=Purpose.PHONE_CHANGE, flow_id=pending.binding, code=code
     )
@@ -379,13 +416,10 @@ def finish_phone_change(
     session.commit()
     reload(session, account)
     digits = _last_digits(pending.e164)
-    if old_e164 and old_e164 != pending.e164:
-        text = _PHONE_NOTICE[message_language(account.language)].format(
-            service=SERVICE_NAME, digits=digits
-        )
+    if notice is not None and old_e164 == notice[0].e164:
         try:
             get_dispatcher(app).send(
-                session, to=old_e164, channel=old_channel or "sms", text=text,
+                session, to=old_e164, channel=old_channel or "sms", text=notice[1],
                 purpose="phone_change_notice", idempotency_key=f"notice:{pending.binding}",
             )
         except DeliveryFailed:

@@ -471,14 +471,19 @@ def _continue(flow: LoginFlow, account: Account) -> BaseResponse:
 
 
 def _allow_resume(flow: LoginFlow) -> None:
-    """The form here ends in a redirect to the relying party: allow it as form-action."""
-    resume = urlsplit(flow.request.resume_url)
+    """The form here ends in a redirect to the relying party: allow it as form-action. The
+    resume URL of an OIDC or SAML flow is the gateway's own, which then redirects to the RP
+    (`return_origin`); browsers apply form-action to that redirect too, so allow both."""
     issuer = urlsplit(get_settings().issuer)
-    if resume.netloc and (resume.scheme, resume.netloc) != (issuer.scheme, issuer.netloc):
-        try:
-            allow_form_action(flow.request.resume_url)
-        except ValueError:
-            log.warning("resume URL of a flow is not an http(s) origin")
+    for target in (flow.request.resume_url, flow.request.return_origin):
+        if not target:
+            continue
+        parts = urlsplit(target)
+        if parts.netloc and (parts.scheme, parts.netloc) != (issuer.scheme, issuer.netloc):
+            try:
+                allow_form_action(target)
+            except ValueError:
+                log.warning("resume URL of a flow is not an http(s) origin")
 
 
 @bp.route("/account/email-check", methods=["GET", "POST"])

@@ -49,6 +49,7 @@ from gateway.desks.service import (
     FourEyesOutcome,
     _clean_text,
     audit_record,
+    count_activation_send,
     delivery_choice,
     issue_activation_code,
     letter_lines,
@@ -100,6 +101,11 @@ FOUR_EYES_MESSAGES: dict[str, Any] = {
     ),
     "not_active": lazy_gettext("The phone number can only be changed for an active account."),
     "same_phone": lazy_gettext("The new phone number is the same as the current one."),
+    "notice_refused": lazy_gettext(
+        "The phone number has not been changed: the notice to the current number cannot be"
+        " sent now (the limit of messages to that number or its country has been reached, or"
+        " messages cannot be sent at all). The request is still waiting; approve it later."
+    ),
 }
 
 
@@ -348,6 +354,10 @@ def _reissue(
     delivery = delivery_choice(payload.get("delivery"))
     address = letter_lines(payload.get("letter_address")) if delivery == "letter" else None
     phone = usable_phone(account.phone_e164, policies, delivery) if address is None else None
+    if phone is not None:
+        # Before any write: a refusal leaves the request pending (the caller rolls back).
+        count_activation_send(settings, app, phone=phone, delivery=delivery,
+                              language=account.language, account_id=account.id)
     code, code_row = issue_activation_code(session, settings, account, delivery)
     account_ref = f"account:{account.id}"
     audit_record(
@@ -422,6 +432,30 @@ def _change_phone(
     if new_phone.e164 == account.phone_e164:
         raise _error("same_phone", "phone")
     old_e164, old_channel = account.phone_e164, account.phone_channel
+    notice_text = _NOTICE[message_language(account.language)].format(
+        issuer=settings.issuer.rstrip("/")
+    )
+    notice_counted = False
+    if old_e164:
+        # Counted against the SMS abuse limits before anything is written: a desk must not
+        # move a number without its owner hearing of it, so a refused notice refuses the
+        # change and the request stays pending (the caller rolls back). No per-IP limit: the
+        # supervisor is authenticated and shares the desk's address with every colleague.
+        try:
+            old_phone = parse_phone(old_e164, policies.sms)
+        except PhoneRejected:
+            # It could not receive a code either, and an uncounted SMS would bypass the limits.
+            old_phone = None
+        if old_phone is not None:
+            try:
+                get_sms_service(app).count_message(
+                    phone=old_phone, text=notice_text, account_id=account.id
+                )
+            except (LimitExceeded, SendingUnavailable) as exc:
+                log.warning("phone change notice refused by the SMS limits (%s)",
+                            type(exc).__name__)
+                raise _error("notice_refused", "phone") from None
+            notice_counted = True
     account.phone_e164 = new_phone.e164
     account.phone_channel = new_phone.channel.value
     account.phone_verified_at = None
@@ -448,12 +482,10 @@ def _change_phone(
     session.commit()
 
     notice_sent: bool | None = None
-    if old_e164:
-        lang = message_language(account.language)
+    if old_e164 and notice_counted:
         try:
             get_dispatcher(app).send(
-                session, to=old_e164, channel=old_channel or "sms",
-                text=_NOTICE[lang].format(issuer=settings.issuer.rstrip("/")),
+                session, to=old_e164, channel=old_channel or "sms", text=notice_text,
                 purpose="phone_change_notice", idempotency_key=f"phone-notice:{request.id}",
             )
             notice_sent = True

@@ -174,6 +174,15 @@ MESSAGES: dict[str, Any] = {
         "This person is registered as living in the Netherlands. Apply for an account through"
         " the normal route instead."
     ),
+    "sms_limited": lazy_gettext(
+        "The limit of text messages and calls to this phone number or its country has been"
+        " reached. Nothing was saved and no code was sent. Try again later, or send the"
+        " activation code by letter."
+    ),
+    "sms_unavailable": lazy_gettext(
+        "Text messages and calls cannot be sent right now. Nothing was saved and no code was"
+        " sent. Try again in a few minutes, or send the activation code by letter."
+    ),
     "other_desk": lazy_gettext("You can only see the audit trail of your own desk."),
     "bad_since": lazy_gettext("Enter the start of the period as a date and time."),
 }
@@ -602,6 +611,41 @@ def issue_activation_code(
     return code, row
 
 
+def count_activation_send(
+    settings: Settings,
+    app: Flask,
+    *,
+    phone: Phone,
+    delivery: str,
+    language: str,
+    account_id: str | None,
+) -> None:
+    """Count an activation code by SMS or voice against the SMS abuse limits (per number, per
+    account when there is one, number range and country budget; gateway.sms.limits) BEFORE
+    anything is written, so a refusal leaves nothing half-done. No per-IP limit: the officer
+    is authenticated and every officer of a desk shares its address, so it would only
+    throttle the desk. Raises DeskError `sms_limited` or `sms_unavailable` (field
+    `delivery`: a letter is the way out)."""
+    from gateway.desks.letters import activation_message
+    from gateway.sms.limits import LimitExceeded, SendingUnavailable
+    from gateway.sms.service import get_sms_service
+
+    # Every activation code has the same length and alphabet: a fresh one, never stored,
+    # gives the billed size of the message before the real code exists.
+    text = activation_message(
+        code=new_code(CodeKind.ACTIVATION), language=language,
+        channel="voice" if delivery == "voice" else "sms",
+        expires_at=clock.now() + ACTIVATION_CODE_VALIDITY, issuer=settings.issuer,
+    )
+    try:
+        get_sms_service(app).count_message(phone=phone, text=text, account_id=account_id)
+    except LimitExceeded as exc:
+        log.warning("activation code refused by the SMS limits (%s)", exc)
+        raise error("sms_limited", "delivery") from None
+    except SendingUnavailable:
+        raise error("sms_unavailable", "delivery") from None
+
+
 def send_activation_code(
     session: Session,
     settings: Settings,
@@ -688,7 +732,9 @@ def approve(
     `register` defaults to the operators' table (TableRegister). Refusals, nothing written:
     `forbidden`, `bad_delivery`, `not_found`, `used_code`, `expired_code`, `check_required`,
     `phone_unusable`, `bad_address`, `address_characters`, `not_registered`,
-    `not_non_resident`, `account_exists`, `username_taken`.
+    `not_non_resident`, `account_exists`, `username_taken`, `sms_limited`,
+    `sms_unavailable` (the SMS abuse limits refused the code; checked before anything is
+    written, so the officer can choose a letter instead).
     """
     require_role(staff, PROCESSING_ROLES)
     delivery = delivery_choice(delivery)
@@ -710,6 +756,9 @@ def approve(
         sa.select(Account.id).where(Account.username_key == application.username_key)
     ) is not None:
         raise error("username_taken")
+    if phone is not None:
+        count_activation_send(settings, app, phone=phone, delivery=delivery,
+                              language=application.language, account_id=None)
 
     now = clock.now()
     account = Account(

@@ -240,16 +240,25 @@ def end_all_sessions(
     """End every open SSO session of an account (after a password change or recovery, a
     block or a deactivation), except the one with id `keep` (the browser that made a
     password change stays logged in); returns how many ended. Runs in the caller's
-    transaction."""
-    query = sa.update(SsoSession).where(
+    transaction.
+
+    The rows are loaded and ended one by one rather than by a bulk UPDATE: whoever listens
+    for ending sessions on the ORM (OIDC back-channel logout, which revokes the session's
+    grants and tells relying parties) must see each of them, and an account has a handful
+    of sessions at most. FOR UPDATE keeps a concurrent login from slipping between the read
+    and the write on PostgreSQL (SQLite has one writer anyway).
+    """
+    query = sa.select(SsoSession).where(
         SsoSession.account_id == account_id, SsoSession.ended_at.is_(None)
     )
     if keep is not None:
         query = query.where(SsoSession.id != keep)
-    result = db.execute(
-        query
-        .values(ended_at=clock.now(), end_reason=reason.value)
-        .execution_options(synchronize_session=False)
-    )
-    count: int = result.rowcount  # type: ignore[attr-defined]
-    return count
+    rows = db.scalars(
+        query.with_for_update().execution_options(populate_existing=True)
+    ).all()
+    now = clock.now()
+    for row in rows:
+        end_session(row, reason, now)
+    # Flush now so the listeners run and later queries in this transaction see the ends.
+    db.flush()
+    return len(rows)

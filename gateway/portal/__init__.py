@@ -253,8 +253,9 @@ def saml_acs() -> BaseResponse:
         found = get_portal().saml.finish(post, pending["id"], int(pending.get("level", 0)))
     except SamlError as exc:
         return _failed("saml", str(exc))
-    return _login_done({"protocol": "saml", "subject": found["name_id"],
-                        "level": Level(found["level"]), **found})
+    # The Level last: `found` carries the level as a plain int, which the page cannot label.
+    return _login_done({**found, "protocol": "saml", "subject": found["name_id"],
+                        "level": Level(found["level"])})
 
 
 @bp.get("/result")

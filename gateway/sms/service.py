@@ -193,6 +193,25 @@ class SmsService:
         SMS_CODES.labels(**labels, outcome="sent").inc()
         return SentCode(message_id=message_id, channel=target.channel, expires_at=issued.expires_at)
 
+    def count_message(
+        self,
+        *,
+        phone: Phone,
+        text: str,
+        account_id: str | int | None = None,
+        ip: str | None = None,
+    ) -> None:
+        """Count a message that is not a one-time code (a desk's activation code, a notice to
+        an old number) against the same abuse limits, before it is handed to the dispatcher:
+        every paid SMS or call is a pumping target, whoever triggers it.
+
+        Raises LimitExceeded (nothing counted) or SendingUnavailable (limits store down).
+        """
+        units = VOICE_CALL_UNITS if phone.channel is Channel.VOICE else segments(text).count
+        self.limiter.check_and_count(
+            e164=phone.e164, region=phone.region, account_id=account_id, ip=ip, segments=units,
+        )
+
     def verify_code(self, *, purpose: Purpose | str, flow_id: str, code: object) -> VerifyOutcome:
         """Check a code a person typed. The attempt is committed whatever the outcome."""
         purpose = Purpose(purpose)

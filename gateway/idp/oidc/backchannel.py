@@ -15,7 +15,8 @@ protocols (shared/ARCHITECTURE.md), so instead of a call from the flow, a `befor
 listener on the app's session factory sees an `SsoSession` row whose `ended_at` goes from
 empty to set, with one of `ENDING_REASONS`. Idle and absolute time-outs are left out: they are
 noticed lazily (at the next visit), and a relying party's own session lives on its own terms.
-Sessions ended in bulk by `sessions.end_all_sessions` (an UPDATE without rows) are not seen.
+`sessions.end_all_sessions` (password change, recovery, block) ends its rows through the ORM
+for this reason, so they are seen like any other.
 
 Delivery (section 2.5): after the transaction commits, an HTTP POST with the form-encoded
 `logout_token`, on a small thread pool so the person's logout page never waits for a relying
