@@ -42,6 +42,7 @@ from sqlalchemy.orm import Mapped, Mapper, Session, mapped_column
 
 from gateway import clock
 from gateway.db import Base, UTCDateTime
+from gateway.desks.bsn import is_valid_bsn
 from gateway.settings import Settings
 
 #: prev_hash of entry 1.
@@ -71,7 +72,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 #: A 9-digit number standing on its own: not part of a longer number or of a word, so that
 #: hex request ids and UUIDs are not mistaken for a BSN.
 _NINE_DIGITS = re.compile(r"(?<![0-9A-Za-z])[0-9]{9}(?![0-9A-Za-z])")
-_BSN_WEIGHTS = (9, 8, 7, 6, 5, 4, 3, 2, -1)
 
 
 class AuditError(Exception):
@@ -159,14 +159,8 @@ def mask_bsn(bsn: str) -> str:
     return "*" * 6 + bsn[-3:]
 
 
-def _passes_eleven_test(digits: str) -> bool:
-    if digits == "000000000":  # passes the arithmetic, never issued
-        return False
-    return sum(w * int(d) for w, d in zip(_BSN_WEIGHTS, digits, strict=True)) % 11 == 0
-
-
 def _contains_bsn(value: str) -> bool:
-    return any(_passes_eleven_test(m.group()) for m in _NINE_DIGITS.finditer(value))
+    return any(is_valid_bsn(m.group()) for m in _NINE_DIGITS.finditer(value))
 
 
 # --- appending ------------------------------------------------------------------------------

@@ -13,20 +13,15 @@
 // screenshot. "keyboard" logs in with the keyboard alone and checks a visible focus indicator
 // (WCAG 2.4.7) on every element Tab reaches.
 
-import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { createRequire } from "node:module";
 import { chromium } from "playwright-core";
+import { CHROMIUM_ARGS, messagesTo, totp } from "./lib.mjs";
 
 const require = createRequire(import.meta.url);
 const AXE_SOURCE = fs.readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
 const WCAG_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"];
-// The flags this machine needs (closed network, running as root); see /work/shared/NOTES.md.
-const CHROMIUM_ARGS = [
-  "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-];
 
 const [configPath, outputPath] = process.argv.slice(2);
 const config = JSON.parse(fs.readFileSync(configPath, "utf8"));
@@ -35,33 +30,9 @@ let lastMark = Date.now();
 
 // --- helpers ------------------------------------------------------------------------------
 
-function base32Decode(text) {
-  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-  let bits = "";
-  for (const ch of text.replace(/=+$/, "").toUpperCase()) {
-    const value = alphabet.indexOf(ch);
-    if (value < 0) throw new Error("bad base32");
-    bits += value.toString(2).padStart(5, "0");
-  }
-  const bytes = [];
-  for (let i = 0; i + 8 <= bits.length; i += 8) bytes.push(parseInt(bits.slice(i, i + 8), 2));
-  return Buffer.from(bytes);
-}
-
-// RFC 6238 TOTP (SHA-1, 30 s, 6 digits), as the desk staff's authenticator app computes it.
-function totp(secret, at = Date.now()) {
-  const counter = Buffer.alloc(8);
-  counter.writeBigUInt64BE(BigInt(Math.floor(at / 1000 / 30)));
-  const mac = crypto.createHmac("sha1", base32Decode(secret)).update(counter).digest();
-  const offset = mac[mac.length - 1] & 0x0f;
-  const number = (mac.readUInt32BE(offset) & 0x7fffffff) % 1_000_000;
-  return String(number).padStart(6, "0");
-}
 
 function lastSmsCode(to) {
-  const lines = fs.existsSync(config.sms_outbox)
-    ? fs.readFileSync(config.sms_outbox, "utf8").split("\n").filter((l) => l.trim()) : [];
-  const entries = lines.map((l) => JSON.parse(l)).filter((e) => e.to === to);
+  const entries = messagesTo(config.sms_outbox, to);
   if (!entries.length) throw new Error(`no SMS to ${to} in the outbox`);
   const match = /#([0-9]{6})$/.exec(entries[entries.length - 1].text);
   if (!match) throw new Error("the last SMS has no code");

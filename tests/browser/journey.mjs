@@ -18,16 +18,11 @@
 // Every step leaves a full-page screenshot NN-name.png in DIR; the Python test asserts on what
 // each step showed. The keyboard-only login is audit.mjs's "keyboard" mode, not repeated here.
 
-import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { chromium } from "playwright-core";
+import { CHROMIUM_ARGS, messagesTo, totp } from "./lib.mjs";
 
-// The flags this machine needs (closed network, running as root); as in audit.mjs.
-const CHROMIUM_ARGS = [
-  "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-];
 const CODE_CHARS = "BCDFGHJKLMNPQRSTVWXZ23456789"; // gateway.desks.codes.ALPHABET
 
 const [configPath, outputPath] = process.argv.slice(2);
@@ -38,37 +33,9 @@ let current = null; // the page in use, for a screenshot if a step fails
 
 // --- helpers ------------------------------------------------------------------------------
 
-function base32Decode(text) {
-  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-  let bits = "";
-  for (const ch of text.replace(/=+$/, "").toUpperCase()) {
-    const value = alphabet.indexOf(ch);
-    if (value < 0) throw new Error("bad base32");
-    bits += value.toString(2).padStart(5, "0");
-  }
-  const bytes = [];
-  for (let i = 0; i + 8 <= bits.length; i += 8) bytes.push(parseInt(bits.slice(i, i + 8), 2));
-  return Buffer.from(bytes);
-}
-
-// RFC 6238 TOTP (SHA-1, 30 s, 6 digits), as the officer's authenticator app computes it.
-function totp(secret, at = Date.now()) {
-  const counter = Buffer.alloc(8);
-  counter.writeBigUInt64BE(BigInt(Math.floor(at / 1000 / 30)));
-  const mac = crypto.createHmac("sha1", base32Decode(secret)).update(counter).digest();
-  const offset = mac[mac.length - 1] & 0x0f;
-  const number = (mac.readUInt32BE(offset) & 0x7fffffff) % 1_000_000;
-  return String(number).padStart(6, "0");
-}
-
-function messagesTo(to) {
-  if (!fs.existsSync(config.sms_outbox)) return [];
-  return fs.readFileSync(config.sms_outbox, "utf8").split("\n").filter((l) => l.trim())
-    .map((l) => JSON.parse(l)).filter((e) => e.to === to);
-}
 
 function lastMessage(to) {
-  const entries = messagesTo(to);
+  const entries = messagesTo(config.sms_outbox, to);
   if (!entries.length) throw new Error(`no SMS to ${to} in the outbox`);
   return entries[entries.length - 1].text;
 }
