@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
+from sqlalchemy import event
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -52,6 +53,8 @@ from bench.loginbench_common import (
 )
 from gateway.accounts.passwords import Passwords
 from gateway.app import get_policies, get_settings
+from gateway.db import get_db
+from gateway.store import DatabaseStore, get_store
 
 
 def main() -> None:
@@ -135,30 +138,73 @@ def run(args: argparse.Namespace, instance: Path, url: str, prefix: str | None) 
 
 
 def print_breakdown(app: Flask, one_login: Callable[[int], None], accounts: range) -> None:
-    """CPU time of the login's requests, by route (the WSGI app wrapped)."""
+    """CPU time of the login's requests by route (the WSGI app wrapped), with the SQL
+    statements sent through SQLAlchemy and the shared-store steps (`SharedStore.run` and the
+    single-key calls: each one Redis round trip, or one transaction of the database store,
+    whose own statements are not in the SQL count)."""
     per_route: dict[str, list[float]] = defaultdict(list)
+    sql: dict[str, int] = defaultdict(int)
+    steps: dict[str, int] = defaultdict(int)
+    current = ["-"]
     inner = app.wsgi_app
 
     def timed(environ: Any, start_response: Any) -> Any:
+        path = re.sub(r"/login/[^/?]+", "/login/<flow>", environ["PATH_INFO"])
+        current[0] = f"{environ['REQUEST_METHOD']} {path}"
         t0 = time.process_time()
         body = list(inner(environ, start_response))
-        path = re.sub(r"/login/[^/?]+", "/login/<flow>", environ["PATH_INFO"])
-        per_route[f"{environ['REQUEST_METHOD']} {path}"].append(time.process_time() - t0)
+        per_route[current[0]].append(time.process_time() - t0)
         return body
 
+    def count_sql(*_args: Any) -> None:
+        sql[current[0]] += 1
+
+    engines = {get_db(app).engine}
+    store = get_store(app)
+    if isinstance(store, DatabaseStore):
+        engines.add(store.engine)
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", count_sql)
+    spied = ("run", "incr", "count", "add_once", "get", "set", "take", "delete")
+    originals = {name: getattr(store, name) for name in spied}
+
+    depth = [0]
+
+    def spy(name: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            # The outermost call only: the database store's `get` runs through its `run`.
+            if depth[0] == 0:
+                steps[current[0]] += 1
+            depth[0] += 1
+            try:
+                return originals[name](*args, **kwargs)
+            finally:
+                depth[0] -= 1
+        return call
+
+    for name in spied:
+        setattr(store, name, spy(name))
     app.wsgi_app = timed  # type: ignore[method-assign]
     t0 = time.process_time()
     for i in accounts:
         one_login(i)
     total = (time.process_time() - t0) / len(accounts)
     app.wsgi_app = inner  # type: ignore[method-assign]
-    print("\nCPU of the login's requests by route (mean per login), in order:")
+    for name in spied:
+        delattr(store, name)
+    for engine in engines:
+        event.remove(engine, "before_cursor_execute", count_sql)
+    n = len(accounts)
+    print("\nCPU of the login's requests by route (mean per login), in order; SQL statements "
+          "through SQLAlchemy and shared-store steps per login:")
     for route, values in per_route.items():
-        print(f"  {route:<32} {sum(values) / len(accounts) * 1000:7.2f} ms   "
-              f"({len(values) // len(accounts)} request(s))")
-    inside = sum(sum(v) for v in per_route.values()) / len(accounts)
+        print(f"  {route:<32} {sum(values) / n * 1000:7.2f} ms   "
+              f"({len(values) // n} request(s))  sql {sql[route] / n:5.1f}  "
+              f"store {steps[route] / n:4.1f}")
+    inside = sum(sum(v) for v in per_route.values()) / n
     print(f"  {'sum of the requests':<32} {inside * 1000:7.2f} ms   "
-          f"(whole login incl. test client: {total * 1000:.2f} ms)")
+          f"(whole login incl. test client: {total * 1000:.2f} ms)  "
+          f"sql {sum(sql.values()) / n:5.1f}  store {sum(steps.values()) / n:4.1f}")
 
 
 if __name__ == "__main__":

@@ -123,6 +123,17 @@ class AuditHead(Base):
     __table_args__ = (sa.CheckConstraint("id = 1", name="single_row"),)
 
 
+_ENTRIES: sa.Table = AuditEntry.__table__  # type: ignore[assignment]
+_HEAD: sa.Table = AuditHead.__table__  # type: ignore[assignment]
+_LOCK_HEAD = sa.select(_HEAD.c.last_seq, _HEAD.c.last_hash).where(_HEAD.c.id == 1).with_for_update()
+_INSERT_ENTRY = sa.insert(_ENTRIES)
+_MOVE_HEAD = (
+    sa.update(_HEAD)
+    .where(_HEAD.c.id == 1)
+    .values(last_seq=sa.bindparam("b_seq"), last_hash=sa.bindparam("b_hash"))
+)
+
+
 @event.listens_for(AuditEntry, "before_update")
 @event.listens_for(AuditHead, "before_delete")
 @event.listens_for(AuditEntry, "before_delete")
@@ -178,7 +189,8 @@ def record(
     request_id: str | None = None,
     settings: Settings | None = None,
 ) -> AuditEntry:
-    """Append an entry within the caller's transaction and return it (flushed, not committed).
+    """Append an entry within the caller's transaction and return it (written, not committed;
+    the returned object is not in the session).
 
     `settings` defaults to the current app's. Raises AuditDataError for an empty required
     field, a field too long or with control characters, or one that holds a BSN.
@@ -203,16 +215,13 @@ def record(
     seq = last_seq + 1
     at = clock.now().astimezone(UTC)
     entry_hash = _chain_hash(key, prev_hash, _canonical(seq, at, fields))
-    entry = AuditEntry(seq=seq, at=at, prev_hash=prev_hash, entry_hash=entry_hash, **fields)
-    session.add(entry)
-    session.execute(
-        sa.update(AuditHead)
-        .where(AuditHead.id == 1)
-        .values(last_seq=seq, last_hash=entry_hash)
-        .execution_options(synchronize_session=False)
-    )
-    session.flush()
-    return entry
+    values = {"seq": seq, "at": at, "prev_hash": prev_hash, "entry_hash": entry_hash, **fields}
+    # Statements built once, on the session's connection: no unit of work and no ORM
+    # execution layer on every login.
+    conn = session.connection()
+    conn.execute(_INSERT_ENTRY, values)
+    conn.execute(_MOVE_HEAD, {"b_seq": seq, "b_hash": entry_hash})
+    return AuditEntry(**values)
 
 
 def _check_fields(fields: dict[str, str | None]) -> None:
@@ -239,23 +248,19 @@ def _check_fields(fields: dict[str, str | None]) -> None:
 
 def _lock_head(session: Session) -> tuple[int, str]:
     """The head's (last_seq, last_hash), locked until the caller's transaction ends."""
-    stmt = (
-        sa.select(AuditHead.last_seq, AuditHead.last_hash)
-        .where(AuditHead.id == 1)
-        .with_for_update()
-    )
-    row = session.execute(stmt).one_or_none()
+    conn = session.connection()
+    row = conn.execute(_LOCK_HEAD).one_or_none()
     if row is None:
         # First entry ever: two processes may race to create the head; the loser's insert
         # waits for the winner's commit and then does nothing, and both lock the one row.
         dialect = session.get_bind().dialect.name
         insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        session.execute(
+        conn.execute(
             insert(AuditHead)
             .values(id=1, last_seq=0, last_hash=GENESIS_HASH)
             .on_conflict_do_nothing(index_elements=["id"])
         )
-        row = session.execute(stmt).one()
+        row = conn.execute(_LOCK_HEAD).one()
     return int(row.last_seq), str(row.last_hash)
 
 

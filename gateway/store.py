@@ -9,13 +9,19 @@ Both are atomic per operation and both fail closed: an unreachable store raises
 
 Counters use a fixed window: the TTL is set when the counter is created and later increments
 never extend it, so a steady trickle of attempts cannot keep a window open forever.
+
+`run(ops)` applies several operations (`Incr`, `Count`, `AddOnce`, `Get`, `Set`, `Delete`) as one
+step: one Lua script in Redis (one round trip, atomic as a whole), one transaction of plain
+statements in the database. Checks that need many counters at once (the SMS abuse limits) use it
+instead of a round trip and a commit per counter.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -47,7 +53,80 @@ class StoreUnavailable(Exception):
     """The shared store cannot be reached; the caller must refuse (fail closed)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Incr:
+    """`incr(key, ttl, amount)`; result: the new value. With `only_if` (the index of an
+    `AddOnce` earlier in the same `run`) it is skipped when that key was not new; result None."""
+
+    key: str
+    ttl: timedelta
+    amount: int = 1
+    only_if: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """`count(key)`; result: the value, 0 when absent or expired."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class AddOnce:
+    """`add_once(key, ttl)`; result: True when the key was new."""
+
+    key: str
+    ttl: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    """`get(key)`; result: the value or None."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Set:
+    """`set(key, value, ttl)`, skipped like `Incr` when `only_if` names an `AddOnce` whose key
+    was not new; result None."""
+
+    key: str
+    value: bytes
+    ttl: timedelta
+    only_if: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """`delete(key)`; result None."""
+
+    key: str
+
+
+Op = Incr | Count | AddOnce | Get | Set | Delete
+Result = int | bool | bytes | None
+
+
+def _check_ops(ops: Sequence[Op]) -> None:
+    for i, op in enumerate(ops):
+        _check(op.key, getattr(op, "ttl", None))
+        only_if = getattr(op, "only_if", None)
+        if only_if is not None and not (0 <= only_if < i and isinstance(ops[only_if], AddOnce)):
+            raise ValueError("only_if must name an AddOnce earlier in the same run")
+
+
 class SharedStore(Protocol):
+    def run(self, ops: Sequence[Op]) -> list[Result]:
+        """Apply `ops` in order as one step and return one result per op (see the op types).
+
+        Redis: atomic as a whole. Database: one transaction (each op atomic; on SQLite the
+        whole run, which holds the write lock). A failure raises StoreUnavailable and applies
+        nothing in the database (the transaction is rolled back); in Redis a script that
+        cannot run applies nothing either.
+        """
+        ...
+
     def incr(self, key: str, ttl: timedelta, amount: int = 1) -> int:
         """Atomically add `amount` to the counter `key` and return the new value.
 
@@ -117,6 +196,10 @@ class DatabaseStore:
     Upserts use INSERT ... ON CONFLICT ... RETURNING (SQLite >= 3.35 and PostgreSQL), so two
     workers incrementing one counter can never both read the old value.
 
+    The hot operations are fixed SQL strings sent to the driver as they are (one per dialect,
+    built once): they run on every request, and building and compiling a SQLAlchemy upsert
+    for each would cost more CPU than the database spends on it.
+
     On SQLite the table lives in a file of its own next to the main database: the main
     database's request sessions take the write lock when they begin (BEGIN IMMEDIATE), and a
     store call made while a request holds it would otherwise wait for itself.
@@ -128,6 +211,13 @@ class DatabaseStore:
         self._writes = 0
         self._lock = threading.Lock()
         self._insert: Any = sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._sql = _statements("?" if self._sqlite else "%s")
+        self._dbapi: Any = engine.dialect.dbapi
+        # UTCDateTime's conversion for this driver (SQLite: naive UTC text; PostgreSQL: aware).
+        self._stamp: Callable[[datetime], Any] = (
+            UTCDateTime().bind_processor(engine.dialect) or (lambda value: value)
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings, engine: sa.Engine | None = None) -> DatabaseStore:
@@ -139,6 +229,7 @@ class DatabaseStore:
                 main = Path(path)
                 url = "sqlite:///" + str(main.with_name(main.stem + "-shared-state" + main.suffix))
             engine = make_engine(url)
+
             # Ephemeral state in a file of its own: created here, not by migrations.
             Base.metadata.create_all(engine, tables=[_T])
             return cls(engine)
@@ -148,9 +239,14 @@ class DatabaseStore:
 
     def _run(self, stmt: Any, fetch: Callable[[sa.CursorResult[Any]], _R]) -> _R:
         # Rows are fetched inside the transaction: SQLite cannot commit with RETURNING pending.
+        with self._transaction() as conn:
+            return fetch(conn.execute(stmt))
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sa.Connection]:
         try:
             with self.engine.begin() as conn:
-                return fetch(conn.execute(stmt))
+                yield conn
         except DBAPIError as exc:
             unreachable = sa.exc.OperationalError | sa.exc.InterfaceError
             if exc.connection_invalidated or isinstance(exc, unreachable):
@@ -168,66 +264,95 @@ class DatabaseStore:
             with contextlib.suppress(StoreUnavailable):
                 self.purge_expired(limit=PURGE_BATCH)
 
-    def _live(self, key: str, now: datetime) -> Any:
-        return sa.and_(_T.c.key == key, _T.c.expires_at > now)
-
     # -- SharedStore --
 
-    def incr(self, key: str, ttl: timedelta, amount: int = 1) -> int:
-        _check(key, ttl)
+    def run(self, ops: Sequence[Op]) -> list[Result]:
+        _check_ops(ops)
+        if not ops:
+            return []
         now = clock.now()
-        stmt = self._insert(_T).values(key=key, counter=amount, value=None, expires_at=now + ttl)
-        expired = _T.c.expires_at <= now
-        new = stmt.excluded
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[_T.c.key],
-            set_={
-                "counter": sa.case((expired, new.counter), else_=_T.c.counter + new.counter),
-                "expires_at": sa.case((expired, new.expires_at), else_=_T.c.expires_at),
-                "value": sa.case((expired, sa.null()), else_=_T.c.value),
-            },
-        ).returning(_T.c.counter)
-        value = int(self._run(stmt, lambda r: r.scalar_one()))
-        self._after_write()
+        stamp = self._stamp(now)
+        sql = self._sql
+        reads_only = all(isinstance(op, Count | Get) for op in ops)
+        results: list[Result] = []
+        # The driver's own connection (from the engine's pool) and plain SQL: these run on
+        # every request, where SQLAlchemy's statement and transaction layers would cost more
+        # CPU than the database spends.
+        try:
+            raw = self.engine.raw_connection()
+        except (SQLAlchemyError, self._dbapi.Error) as exc:
+            raise StoreUnavailable("database store unreachable") from exc
+        try:
+            cursor = raw.cursor()
+            if self._sqlite and not (reads_only and len(ops) == 1):
+                # IMMEDIATE takes the write lock up front (gateway.db); one read alone needs
+                # no transaction at all.
+                cursor.execute("BEGIN IMMEDIATE")
+            execute = cursor.execute
+            for op in ops:
+                result: Result = None
+                if isinstance(op, Incr):
+                    if op.only_if is None or results[op.only_if]:
+                        execute(sql.incr, (
+                            op.key, op.amount, self._stamp(now + op.ttl), stamp, stamp, stamp,
+                        ))
+                        row = cursor.fetchone()
+                        result = int(row[0]) if row is not None else 0
+                elif isinstance(op, Count):
+                    execute(sql.read, (op.key, stamp))
+                    row = cursor.fetchone()
+                    result = int(row[0] or 0) if row is not None else 0
+                elif isinstance(op, AddOnce):
+                    execute(sql.add_once, (op.key, self._stamp(now + op.ttl), stamp))
+                    result = cursor.fetchone() is not None
+                elif isinstance(op, Get):
+                    execute(sql.read, (op.key, stamp))
+                    row = cursor.fetchone()
+                    result = bytes(row[1]) if row is not None and row[1] is not None else None
+                elif isinstance(op, Set):
+                    if op.only_if is None or results[op.only_if]:
+                        execute(sql.set, (op.key, op.value, self._stamp(now + op.ttl)))
+                elif isinstance(op, Delete):
+                    execute(sql.delete, (op.key,))
+                else:  # pragma: no cover - the Op union is closed
+                    raise TypeError(f"not a store operation: {type(op).__name__}")
+                results.append(result)
+            cursor.close()
+            raw.commit()
+        except self._dbapi.Error as exc:
+            try:
+                raw.rollback()
+            except self._dbapi.Error:
+                raw.invalidate()
+            if isinstance(exc, self._dbapi.OperationalError | self._dbapi.InterfaceError):
+                raw.invalidate()
+                raise StoreUnavailable("database store unreachable") from exc
+            raise
+        finally:
+            raw.close()  # back to the pool
+        if not reads_only:
+            self._after_write()
+        return results
+
+    def incr(self, key: str, ttl: timedelta, amount: int = 1) -> int:
+        value = self.run([Incr(key, ttl, amount)])[0]
+        assert isinstance(value, int)
         return value
 
     def count(self, key: str) -> int:
-        _check(key)
-        query = sa.select(_T.c.counter).where(self._live(key, clock.now()))
-        value = self._run(query, lambda r: r.scalar())
-        return int(value or 0)
+        value = self.run([Count(key)])[0]
+        assert isinstance(value, int)
+        return value
 
     def add_once(self, key: str, ttl: timedelta) -> bool:
-        _check(key, ttl)
-        now = clock.now()
-        stmt = self._insert(_T).values(key=key, counter=0, value=None, expires_at=now + ttl)
-        # Only an expired row may be taken over; a live one makes the upsert a no-op and
-        # RETURNING then yields nothing: that is the replay.
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[_T.c.key],
-            set_={"counter": 0, "value": None, "expires_at": stmt.excluded.expires_at},
-            where=_T.c.expires_at <= now,
-        ).returning(_T.c.key)
-        fresh = self._run(stmt, lambda r: r.first()) is not None
-        self._after_write()
-        return fresh
+        return bool(self.run([AddOnce(key, ttl)])[0])
 
     def get(self, key: str) -> bytes | None:
-        _check(key)
-        query = sa.select(_T.c.value).where(self._live(key, clock.now()))
-        value = self._run(query, lambda r: r.scalar())
-        return bytes(value) if value is not None else None
+        value = self.run([Get(key)])[0]
+        return value if isinstance(value, bytes) else None
 
     def set(self, key: str, value: bytes, ttl: timedelta) -> None:
-        _check(key, ttl)
-        expires_at = clock.now() + ttl
-        stmt = self._insert(_T).values(key=key, counter=0, value=value, expires_at=expires_at)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[_T.c.key],
-            set_={"counter": 0, "value": stmt.excluded.value, "expires_at": expires_at},
-        )
-        self._run(stmt, _nothing)
-        self._after_write()
+        self.run([Set(key, value, ttl)])
 
     def take(self, key: str) -> bytes | None:
         _check(key)
@@ -239,8 +364,7 @@ class DatabaseStore:
         return bytes(row.value)
 
     def delete(self, key: str) -> None:
-        _check(key)
-        self._run(sa.delete(_T).where(_T.c.key == key), _nothing)
+        self.run([Delete(key)])
 
     def ping(self) -> None:
         self._run(sa.select(sa.literal(1)), _nothing)
@@ -258,6 +382,55 @@ class DatabaseStore:
         self.engine.dispose()
 
 
+@dataclass(frozen=True)
+class _Sql:
+    incr: str
+    read: str
+    add_once: str
+    set: str
+    delete: str
+
+
+# The store's statements, with "?" for each parameter. The same SQL serves SQLite and
+# PostgreSQL: INSERT ... ON CONFLICT ... RETURNING, and in an UPDATE every right-hand side reads
+# the row as it was before the statement. The table is `SharedState.__tablename__`.
+_INCR_SQL = (
+    'INSERT INTO shared_state ("key", counter, value, expires_at) VALUES (?, ?, NULL, ?) '
+    'ON CONFLICT ("key") DO UPDATE SET '
+    # The counter starts over (and its window with it) once the old one has expired.
+    "counter = CASE WHEN shared_state.expires_at <= ? THEN excluded.counter "
+    "ELSE shared_state.counter + excluded.counter END, "
+    "value = CASE WHEN shared_state.expires_at <= ? THEN NULL ELSE shared_state.value END, "
+    "expires_at = CASE WHEN shared_state.expires_at <= ? THEN excluded.expires_at "
+    "ELSE shared_state.expires_at END "
+    "RETURNING counter"
+)
+_READ_SQL = 'SELECT counter, value FROM shared_state WHERE "key" = ? AND expires_at > ?'
+# Only an expired row may be taken over; a live one makes the upsert a no-op and RETURNING
+# then yields nothing: that is the replay.
+_ADD_ONCE_SQL = (
+    'INSERT INTO shared_state ("key", counter, value, expires_at) VALUES (?, 0, NULL, ?) '
+    'ON CONFLICT ("key") DO UPDATE SET counter = 0, value = NULL, '
+    "expires_at = excluded.expires_at WHERE shared_state.expires_at <= ? "
+    'RETURNING "key"'
+)
+_SET_SQL = (
+    'INSERT INTO shared_state ("key", counter, value, expires_at) VALUES (?, 0, ?, ?) '
+    'ON CONFLICT ("key") DO UPDATE SET counter = 0, value = excluded.value, '
+    "expires_at = excluded.expires_at"
+)
+_DELETE_SQL = 'DELETE FROM shared_state WHERE "key" = ?'
+
+
+def _statements(mark: str) -> _Sql:
+    """The statements for a driver whose placeholder is `mark` (SQLite "?", psycopg "%s")."""
+    assert _T.name == "shared_state"
+    return _Sql(*(
+        sql.replace("?", mark)
+        for sql in (_INCR_SQL, _READ_SQL, _ADD_ONCE_SQL, _SET_SQL, _DELETE_SQL)
+    ))
+
+
 # --- Redis --------------------------------------------------------------------------------
 
 # SET NX creates the counter with its TTL only when absent; INCRBY then adds. One script, so no
@@ -265,6 +438,41 @@ class DatabaseStore:
 _INCR_SCRIPT = """
 redis.call('SET', KEYS[1], 0, 'PX', ARGV[2], 'NX')
 return redis.call('INCRBY', KEYS[1], ARGV[1])
+"""
+
+
+# `RedisStore.run`: KEYS[i] is op i's key; ARGV holds, per op, its name and three arguments
+# (amount, ttl in ms, only_if as a 1-based op index or 0; or value, ttl, only_if). Redis runs a
+# script atomically, so no other client sees the operations half done.
+_RUN_SCRIPT = """
+local results = {}
+for i = 1, #KEYS do
+  local a = (i - 1) * 4
+  local op, x, ttl, cond = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4])
+  local go = cond == 0 or results[cond] == 1
+  local key = KEYS[i]
+  if op == 'incr' then
+    if go then
+      redis.call('SET', key, 0, 'PX', ttl, 'NX')
+      results[i] = redis.call('INCRBY', key, x)
+    else
+      results[i] = false
+    end
+  elseif op == 'count' or op == 'get' then
+    results[i] = redis.call('GET', key)
+  elseif op == 'add_once' then
+    if redis.call('SET', key, '1', 'PX', ttl, 'NX') then results[i] = 1 else results[i] = 0 end
+  elseif op == 'set' then
+    if go then redis.call('SET', key, x, 'PX', ttl) end
+    results[i] = false
+  elseif op == 'delete' then
+    redis.call('DEL', key)
+    results[i] = false
+  else
+    return redis.error_reply('unknown store operation')
+  end
+end
+return results
 """
 
 
@@ -279,6 +487,7 @@ class RedisStore:
         self.client = client
         self.prefix = prefix
         self._incr = client.register_script(_INCR_SCRIPT)
+        self._script = client.register_script(_RUN_SCRIPT)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisStore:
@@ -309,6 +518,45 @@ class RedisStore:
         except redis_lib.exceptions.RedisError as exc:
             # Any Redis failure fails closed; the message never carries the URL (credentials).
             raise StoreUnavailable(f"redis store failed ({type(exc).__name__})") from None
+
+    def run(self, ops: Sequence[Op]) -> list[Result]:
+        _check_ops(ops)
+        if not ops:
+            return []
+        keys: list[str] = []
+        args: list[str | int | bytes] = []
+        for op in ops:
+            keys.append(self._k(op.key))
+            only_if: int | None = getattr(op, "only_if", None)
+            cond = 0 if only_if is None else only_if + 1  # the script counts from 1
+            if isinstance(op, Incr):
+                args += ["incr", op.amount, _ms(op.ttl), cond]
+            elif isinstance(op, Count):
+                args += ["count", 0, 0, 0]
+            elif isinstance(op, AddOnce):
+                args += ["add_once", 0, _ms(op.ttl), 0]
+            elif isinstance(op, Get):
+                args += ["get", 0, 0, 0]
+            elif isinstance(op, Set):
+                args += ["set", op.value, _ms(op.ttl), cond]
+            elif isinstance(op, Delete):
+                args += ["delete", 0, 0, 0]
+            else:  # pragma: no cover - the Op union is closed
+                raise TypeError(f"not a store operation: {type(op).__name__}")
+        raw = self._call(self._script, keys=keys, args=args)
+        results: list[Result] = []
+        for op, value in zip(ops, raw, strict=True):
+            if isinstance(op, Incr):
+                results.append(None if value is None else int(value))
+            elif isinstance(op, Count):
+                results.append(int(value) if value is not None else 0)
+            elif isinstance(op, AddOnce):
+                results.append(value == 1)
+            elif isinstance(op, Get):
+                results.append(value)
+            else:
+                results.append(None)
+        return results
 
     def incr(self, key: str, ttl: timedelta, amount: int = 1) -> int:
         _check(key, ttl)

@@ -544,6 +544,7 @@ def test_store_down_refuses_without_touching_the_account(
         raise StoreUnavailable("test")
 
     monkeypatch.setattr(get_store(app), "incr", down)
+    monkeypatch.setattr(get_store(app), "run", down)
     settings = get_settings(app)
     calls: list[Callable[[], object]] = [
         lambda: login(app, session),
@@ -689,7 +690,7 @@ def test_a_new_recovery_request_ends_the_previous_codes(
     make_account(app, session)
     # The SMS service's resend interval applies to recovery too, and Redis expires its key
     # in real time, which the frozen clock cannot move: leave that limit out here.
-    monkeypatch.setattr(get_sms_service(app).limiter, "_resend", lambda *_a: None)
+    monkeypatch.setattr(get_sms_service(app).limiter, "_resend", lambda *_a: lambda _r: None)
     service.start_recovery(session, settings, app, username="jan.jansen", ip=IP)
     service.wait_for_deliveries(app)
     clock.advance(timedelta(minutes=1))

@@ -378,7 +378,7 @@ def test_a_newer_request_ends_the_older_link(
 ) -> None:
     make_account(app)
     # The SMS resend interval lives in Redis' real-time TTLs, which a frozen clock cannot move.
-    monkeypatch.setattr(get_sms_service(app).limiter, "_resend", lambda *_a: None)
+    monkeypatch.setattr(get_sms_service(app).limiter, "_resend", lambda *_a: lambda _r: None)
     old_code, old_link = request_recovery(app, client)
     clock.advance(timedelta(minutes=1))
     new_code, new_link = request_recovery(app, client)

@@ -56,11 +56,26 @@ class KeySpy:
     def __getattr__(self, name: str) -> Any:
         method = getattr(self.inner, name)
 
-        def wrapped(key: str, *args: Any, **kwargs: Any) -> Any:
-            self.keys.append(key)
+        def wrapped(key: Any, *args: Any, **kwargs: Any) -> Any:
+            if name == "run":
+                self.keys.extend(op.key for op in key)
+            else:
+                self.keys.append(key)
             return method(key, *args, **kwargs)
 
         return wrapped
+
+
+class CallCounter:
+    """A store wrapper that counts the calls (each is a round trip, or a transaction)."""
+
+    def __init__(self, inner: SharedStore) -> None:
+        self.inner = inner
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        self.calls.append(name)
+        return getattr(self.inner, name)
 
 
 class DownStore:
@@ -306,12 +321,36 @@ def test_country_budget_counts_in_prometheus(
     assert trips == trips_before + 1
 
 
-@pytest.mark.parametrize("healthy", [0, 1, 3, 6, 9])
-def test_store_down_refuses(make: Make, store: SharedStore, healthy: int) -> None:
-    limiter, recorder = make(DownStore(store, healthy=healthy))
+def test_store_down_refuses(make: Make, store: SharedStore) -> None:
+    limiter, recorder = make(DownStore(store, healthy=0))
     with pytest.raises(SendingUnavailable):
         send(limiter, account_id="a", ip="192.0.2.1", flow_key="login|f")
     assert recorder.blocks == [("store_unavailable", "NL")]
+    # Nothing was counted: with the store back, the whole budget is there.
+    healthy, _ = make(per_number={"hour": 1, "day": 1})
+    send(healthy, account_id="a", ip="192.0.2.1", flow_key="login|f")
+
+
+def test_store_lost_while_undoing_still_refuses(make: Make, store: SharedStore) -> None:
+    """The counting step works, a limit refuses, the undo step finds the store gone: the send
+    is still refused, and what stays counted errs on the safe side."""
+    limits = {"per_number": {"hour": 1, "day": 1}}
+    send(make(**limits)[0])
+    limiter, recorder = make(DownStore(store, healthy=1), **limits)
+    assert refused(limiter).reason is LimitReason.PER_NUMBER
+    assert recorder.blocks == [("per_number", "NL")]
+
+
+def test_one_store_step_per_send(make: Make, store: SharedStore) -> None:
+    """Every limit is counted and read in one store step (one round trip or transaction);
+    a refusal costs one more, to undo."""
+    counter = CallCounter(store)
+    limiter, _ = make(counter, per_number={"hour": 1, "day": 1})
+    send(limiter, account_id="a", ip="192.0.2.1", flow_key="login|f")
+    assert counter.calls == ["run"]
+    counter.calls.clear()
+    refused(limiter, account_id="a", ip="192.0.2.1", flow_key="login|g")
+    assert counter.calls == ["run", "run"]
 
 
 @pytest.mark.parametrize(

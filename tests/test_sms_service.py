@@ -396,3 +396,50 @@ def test_policy_may_lower_the_attempts(make_service: MakeService) -> None:
     assert service.verify_code(purpose="login", flow_id="f", code=wrong) is VerifyOutcome.WRONG
     outcome = service.verify_code(purpose="login", flow_id="f", code=code)
     assert outcome is VerifyOutcome.TOO_MANY_ATTEMPTS
+
+
+class ChecksTheDatabase(RecordingProvider):
+    """When called, looks in the database through a connection of its own: what a crash at
+    this moment would leave behind."""
+
+    def __init__(self, app: Flask) -> None:
+        super().__init__("checks")
+        self.app = app
+        self.found: list[tuple[str, int]] = []
+
+    def send(self, msg: OutgoingMessage) -> ProviderReceipt:
+        with get_db(self.app).begin() as s:
+            message = s.get(SmsMessage, msg.message_id)
+            assert message is not None
+            live = s.scalar(
+                sa.select(sa.func.count()).select_from(OneTimeCode)
+                .where(OneTimeCode.used_at.is_(None), OneTimeCode.superseded_at.is_(None))
+            )
+            self.found.append((message.status, int(live or 0)))
+        return super().send(msg)
+
+
+def test_code_and_message_are_committed_before_any_provider(
+    app: Flask, make_service: MakeService
+) -> None:
+    provider = ChecksTheDatabase(app)
+    service = make_service([provider])
+    sent = service.send_code(purpose="login", flow_id="flow-c", phone=NUMBER, language="en")
+    assert provider.found == [("queued", 1)]
+    with get_db(app).begin() as s:
+        message = s.get(SmsMessage, sent.message_id)
+        assert message is not None and (message.status, message.attempts) == ("sent", 1)
+        assert message.provider == "checks" and message.provider_message_id == "r-1"
+
+
+def test_queue_and_deliver_refuse_what_would_be_a_second_code(app: Flask) -> None:
+    dispatcher = Dispatcher([RecordingProvider()], settings=get_settings(app))
+    args: dict[str, Any] = {"to": NUMBER, "channel": "sms", "purpose": "login",
+                            "idempotency_key": "otp:q1"}
+    with get_db(app).begin() as s:
+        queued = dispatcher.queue(s, text="code 111111", **args)
+    with pytest.raises(ValueError), get_db(app).begin() as s:
+        dispatcher.queue(s, text="code 111111", **args)  # the key is taken
+    with pytest.raises(ValueError):
+        dispatcher.deliver(get_db(app).engine, queued, "code 222222")  # not the queued text
+    assert dispatcher.deliver(get_db(app).engine, queued, "code 111111").status == "sent"

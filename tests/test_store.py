@@ -21,8 +21,14 @@ from gateway.db import session as db_session
 from gateway.settings import Settings
 from gateway.store import (
     MAX_KEY_LENGTH,
+    AddOnce,
+    Count,
     DatabaseStore,
+    Delete,
+    Get,
+    Incr,
     RedisStore,
+    Set,
     SharedState,
     StoreUnavailable,
     get_store,
@@ -258,3 +264,73 @@ def test_store_does_not_wait_for_an_open_request_transaction(make_app: object) -
         db_session().execute(sa.text("SELECT 1"))  # the request's transaction is now open
         # Sharing the file, this would wait out SQLite's busy timeout and raise StoreUnavailable.
         assert get_store().incr("k", timedelta(minutes=1)) == 1
+
+
+# --- run: several operations in one step ---------------------------------------------------
+
+
+def test_run_applies_ops_in_order_with_one_result_each(
+    store: DatabaseStore | RedisStore,
+) -> None:
+    ttl = timedelta(minutes=1)
+    store.set("v", b"old", ttl)
+    results = store.run([
+        Incr("c", ttl), Incr("c", ttl, 4), Count("c"), Count("absent"),
+        AddOnce("m", ttl), AddOnce("m", ttl), Get("v"), Set("v", b"new", ttl), Get("v"),
+        Delete("v"), Get("v"),
+    ])
+    assert results == [1, 5, 5, 0, True, False, b"old", None, b"new", None, None]
+    assert store.count("c") == 5 and store.add_once("m", ttl) is False
+    assert store.run([]) == []
+
+
+def test_run_only_if_skips_what_a_replayed_marker_guards(
+    store: DatabaseStore | RedisStore,
+) -> None:
+    ttl = timedelta(minutes=1)
+    first = store.run([AddOnce("seen", ttl), Incr("n", ttl, only_if=0),
+                       Set("at", b"1", ttl, only_if=0)])
+    again = store.run([AddOnce("seen", ttl), Incr("n", ttl, only_if=0),
+                       Set("at", b"2", ttl, only_if=0), Get("at")])
+    assert first == [True, 1, None]
+    assert again == [False, None, None, b"1"]
+    assert store.count("n") == 1
+    with pytest.raises(ValueError):
+        store.run([Incr("n", ttl, only_if=0)])  # must name an earlier AddOnce
+    with pytest.raises(ValueError):
+        store.run([Count("x"), Incr("n", ttl, only_if=0)])
+    with pytest.raises(ValueError):
+        store.run([Count("x" * (MAX_KEY_LENGTH + 1))])
+
+
+def test_run_counters_expire_like_incr(store: DatabaseStore | RedisStore) -> None:
+    store.run([Incr("w", timedelta(seconds=60))])
+    if isinstance(store, RedisStore):
+        assert 0 < store.client.pttl(store.prefix + "w") <= 60_000
+    else:
+        with clock.frozen(clock.now() + timedelta(seconds=61)):
+            assert store.run([Count("w"), Incr("w", timedelta(seconds=60))]) == [0, 1]
+
+
+def test_database_run_is_one_transaction(settings: Settings) -> None:
+    """A run that fails half-way leaves nothing behind (the counting of the SMS limits must
+    never be half done)."""
+    s = DatabaseStore.from_settings(settings)
+    ttl = timedelta(minutes=1)
+    with pytest.raises(Exception):  # noqa: B017 - the driver's own error type
+        s.run([Incr("atomic", ttl), Set("bad", object(), ttl)])  # type: ignore[arg-type]
+    assert s.count("atomic") == 0
+    s.close()
+
+
+def test_unreachable_stores_fail_closed_on_run(settings: Settings) -> None:
+    port = closed_port()
+    redis_store = RedisStore.from_settings(
+        settings.with_overrides(redis_url=f"redis://:hunter2@127.0.0.1:{port}/0")
+    )
+    db_store = DatabaseStore(make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{port}/x"))
+    for s in (redis_store, db_store):
+        with pytest.raises(StoreUnavailable) as info:
+            s.run([Incr("k", timedelta(minutes=1)), Count("k")])
+        assert "hunter2" not in str(info.value)
+    db_store.close()

@@ -20,6 +20,7 @@ from gateway.store import DatabaseStore, RedisStore, get_store
 from gateway.web import (
     IDLE_TIMEOUT,
     MAX_CONTENT_LENGTH,
+    RENEW_AFTER,
     allow_form_action,
     csrf_exempt,
     no_store,
@@ -319,6 +320,50 @@ def test_idle_sessions_expire_and_use_renews_them(
         assert client.get("/t/read").get_data(as_text=True) == "dave"
     clock.advance(IDLE_TIMEOUT + timedelta(seconds=1))
     assert client.get("/t/read").get_data(as_text=True) == "None"
+
+
+def test_an_unchanged_session_is_written_back_at_most_once_a_minute(
+    make_app: Callable[..., Flask], frozen_clock: None
+) -> None:
+    """Reading an unchanged session renews its idle timeout only when the entry is older than
+    RENEW_AFTER (a page view costs a store read, not a read and a write); a change, and a
+    change made in place inside a value, is always written."""
+    app = make_app(redis_url=None)
+    add_test_routes(app)
+
+    @app.get("/t/append")
+    def t_append() -> str:
+        session.setdefault("items", [])
+        session["items"].append(1)  # in place: no __setitem__ on the session itself
+        return "ok"
+
+    spy = SpyStore(get_store(app))
+    app.extensions["gateway.store"] = spy
+    client = app.test_client()
+    client.get("/t/set?v=erin")
+    spy.calls.clear()
+    assert client.get("/t/read").get_data(as_text=True) == "erin"
+    assert client.get("/t/read").get_data(as_text=True) == "erin"
+    assert "run" not in spy.calls and "set" not in spy.calls
+    clock.advance(RENEW_AFTER + timedelta(seconds=1))
+    client.get("/t/read")
+    assert spy.calls.count("run") == 1  # renewed
+    client.get("/t/append")
+    client.get("/t/append")
+    assert client.get("/t/read").get_data(as_text=True) == "erin"
+    stored = get_store(app).get(app.session_interface.store_key(  # type: ignore[attr-defined]
+        client.get_cookie("gw_session").value  # type: ignore[union-attr]
+    ))
+    assert stored is not None and b'"items":[1,1]' in stored
+
+
+def test_regenerate_replaces_the_entry_in_one_store_step(web: Flask, wc: FlaskClient) -> None:
+    wc.get("/t/set?v=fay")
+    spy = SpyStore(get_store(web))
+    web.extensions["gateway.store"] = spy
+    wc.get("/t/login")
+    # get (load), then one run: delete the old entry and write the new one.
+    assert spy.calls == ["get", "run"]
 
 
 def test_session_ttl_in_redis(web: Flask, wc: FlaskClient) -> None:

@@ -52,6 +52,7 @@ import sqlalchemy as sa
 from flask import Flask, current_app
 from flask_babel.speaklater import LazyString
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from gateway import audit, clock
 from gateway.accounts.history import EventKind, record_event
@@ -78,7 +79,7 @@ from gateway.sms.messages import SERVICE_NAME, host_of, message_language, segmen
 from gateway.sms.phone import Channel, PhoneRejected, parse_phone
 from gateway.sms.purposes import Purpose
 from gateway.sms.service import get_sms_service
-from gateway.store import SharedStore, StoreUnavailable, get_store
+from gateway.store import Count, Incr, SharedStore, StoreUnavailable, get_store
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +339,35 @@ def reload(session: Session, account: Account) -> Account:
     return account
 
 
+#: Every column of an account, for RETURNING the row an UPDATE leaves.
+_ACCOUNT_COLUMNS = tuple(Account.__table__.columns)
+_ACCOUNTS: sa.Table = Account.__table__  # type: ignore[assignment]
+#: A login with the right password: the failure count and any backoff cleared, the time of
+#: the login set, the hash replaced when `b_hash` is not NULL (rehash); only while the account
+#: is active and not blocked. Built once: it runs at every login.
+_LOGGED_IN = (
+    sa.update(_ACCOUNTS)
+    .where(
+        _ACCOUNTS.c.id == sa.bindparam("b_id"),
+        _ACCOUNTS.c.status == AccountStatus.ACTIVE.value,
+        sa.or_(
+            _ACCOUNTS.c.blocked_until.is_(None),
+            _ACCOUNTS.c.blocked_until <= sa.bindparam("b_now", type_=UTCDateTime()),
+        ),
+    )
+    .values(
+        failed_logins=0,
+        block_count=0,
+        blocked_until=None,
+        last_login_at=sa.bindparam("b_now", type_=UTCDateTime()),
+        password_hash=sa.func.coalesce(
+            sa.bindparam("b_hash", type_=sa.String()), _ACCOUNTS.c.password_hash
+        ),
+    )
+    .returning(*_ACCOUNT_COLUMNS)
+)
+
+
 def _rowcount(result: Any) -> int:
     return int(result.rowcount or 0)
 
@@ -403,8 +433,9 @@ class _Throttle:
         ttl = timedelta(seconds=2 * window - into) + _THROTTLE_GRACE
         store = get_store(app)
         try:
-            current = store.incr(key, ttl)
-            previous = store.count(previous_key)
+            # One store step: count this attempt and read the previous window's.
+            counted = store.run([Incr(key, ttl), Count(previous_key)])
+            current, previous = int(counted[0] or 0), int(counted[1] or 0)
             weighted = current + previous * (1 - into / window)
             if weighted > limit:
                 store.incr(key, ttl, -1)
@@ -924,23 +955,13 @@ def check_password(
         session.commit()
         raise AccountBlocked(account.blocked_until)
 
-    values: dict[str, Any] = {
-        "failed_logins": 0, "block_count": 0, "blocked_until": None, "last_login_at": now,
-    }
-    if passwords.needs_rehash(account.password_hash):
-        values["password_hash"] = passwords.hash(password)
-    # Only when no parallel request blocked the account meanwhile.
-    cleared = session.execute(
-        sa.update(Account)
-        .where(
-            Account.id == account.id,
-            Account.status == AccountStatus.ACTIVE,
-            _not_blocked(now),
-        )
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    if _rowcount(cleared) != 1:
+    new_hash = passwords.hash(password) if passwords.needs_rehash(account.password_hash) else None
+    # Only when no parallel request blocked the account meanwhile. RETURNING gives the row
+    # as it now is, which the caller gets (no second read).
+    cleared = session.connection().execute(_LOGGED_IN, {
+        "b_id": account.id, "b_now": now, "b_hash": new_hash,
+    }).first()
+    if cleared is None:
         session.rollback()
         account = find_account(session, username)
         session.commit()
@@ -950,7 +971,8 @@ def check_password(
     _audit(session, settings, account, "account.login", "success:password")
     session.commit()
     throttle.give_back()
-    reload(session, account)
+    for column, value in zip(_ACCOUNT_COLUMNS, cleared, strict=True):
+        set_committed_value(account, column.key, value)
     return account
 
 

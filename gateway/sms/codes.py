@@ -6,9 +6,9 @@ most 10 minutes, accepted only once, with a hard limit on guesses. Each code is 
 purpose and a flow (a login flow, an application or an account): the HMAC covers
 `purpose|flow_id|code`, so even a copied database row is useless for another purpose or flow.
 
-Concurrency: the attempt counter is raised by one conditional UPDATE
-(`... SET attempts = attempts + 1 WHERE attempts < MAX_ATTEMPTS`) and a code is spent by another
-(`... SET used_at = now WHERE used_at IS NULL`). The database decides which of two parallel
+Concurrency: one conditional UPDATE raises the attempt counter and, for the right code, spends
+it (`... SET attempts = attempts + 1, used_at = <now when right> WHERE attempts < MAX_ATTEMPTS
+AND used_at IS NULL`). The database decides which of two parallel
 requests wins, so parallel guesses can never get a fourth try and one code can never log in
 twice. Both functions work in the caller's transaction and the caller MUST commit it whatever
 the outcome (`SmsService.verify_code` does): a rolled-back wrong guess would be a free guess.
@@ -104,6 +104,49 @@ class OneTimeCode(Base):
     superseded_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
 
+_CODES: sa.Table = OneTimeCode.__table__  # type: ignore[assignment]
+
+# The statements of every issue and verify, built once and run on the session's connection
+# (building them, and the ORM's execution layer, would cost more CPU than the database does).
+_SUPERSEDE = (
+    sa.update(_CODES)
+    .where(
+        _CODES.c.purpose == sa.bindparam("b_purpose"),
+        _CODES.c.flow_id == sa.bindparam("b_flow_id"),
+        _CODES.c.used_at.is_(None),
+        _CODES.c.superseded_at.is_(None),
+    )
+    .values(superseded_at=sa.bindparam("b_now", type_=UTCDateTime()))
+)
+_INSERT = sa.insert(_CODES)
+_ADVISORY_LOCK = sa.text("SELECT pg_advisory_xact_lock(:key)")
+#: The newest code of a purpose and flow that no resend replaced.
+_LIVE = (
+    sa.select(_CODES)
+    .where(
+        _CODES.c.purpose == sa.bindparam("purpose"),
+        _CODES.c.flow_id == sa.bindparam("flow_id"),
+        _CODES.c.superseded_at.is_(None),
+    )
+    .order_by(_CODES.c.created_at.desc())
+    .limit(1)
+)
+_BY_ID = sa.select(_CODES).where(_CODES.c.id == sa.bindparam("id"))
+_TAKE_ATTEMPT = (
+    sa.update(_CODES)
+    .where(
+        _CODES.c.id == sa.bindparam("b_id"),
+        _CODES.c.attempts < sa.bindparam("b_limit"),
+        _CODES.c.used_at.is_(None),
+        _CODES.c.superseded_at.is_(None),
+    )
+    .values(
+        attempts=_CODES.c.attempts + 1,
+        used_at=sa.bindparam("b_used_at", type_=UTCDateTime()),
+    )
+)
+
+
 @dataclass(frozen=True)
 class IssuedCode:
     """A freshly issued code. `code` is the only copy in clear: send it, never store or log it."""
@@ -145,18 +188,24 @@ def check_binding(purpose: str, flow_id: str) -> tuple[str, str]:
     return purpose, flow_id
 
 
-def _lock_flow(session: Session, purpose: str, flow_id: str) -> None:
+def _connection(session: Session | sa.Connection) -> sa.Connection:
+    """The connection of the caller's transaction (a Session's, or a Connection itself)."""
+    return session.connection() if isinstance(session, Session) else session
+
+
+def _lock_flow(conn: sa.Connection, purpose: str, flow_id: str) -> None:
     """Serialise issuing for one purpose and flow, so two parallel resends cannot both leave
     a live code. SQLite needs nothing: every transaction there begins IMMEDIATE (gateway.db)."""
-    if session.get_bind().dialect.name != "postgresql":
+    if conn.dialect.name != "postgresql":
         return
     digest = hashlib.sha256(f"one_time_codes|{purpose}|{flow_id}".encode()).digest()
     key = int.from_bytes(digest[:8], "big", signed=True)
-    session.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    conn.execute(_ADVISORY_LOCK, {"key": key})
 
 
 def issue_code(
-    session: Session, settings: Settings, *, purpose: str, flow_id: str, ttl: timedelta
+    session: Session | sa.Connection, settings: Settings, *, purpose: str, flow_id: str,
+    ttl: timedelta,
 ) -> IssuedCode:
     """Issue a new code for `purpose` and `flow_id`, ending every earlier code of the pair.
 
@@ -165,36 +214,26 @@ def issue_code(
     purpose, flow_id = check_binding(purpose, flow_id)
     if not timedelta(0) < ttl <= MAX_CODE_TTL:
         raise ValueError("a code's lifetime must be positive and at most 10 minutes")
-    _lock_flow(session, purpose, flow_id)
+    conn = _connection(session)
+    _lock_flow(conn, purpose, flow_id)
     now = clock.now()
-    session.execute(
-        sa.update(OneTimeCode)
-        .where(
-            OneTimeCode.purpose == purpose,
-            OneTimeCode.flow_id == flow_id,
-            OneTimeCode.used_at.is_(None),
-            OneTimeCode.superseded_at.is_(None),
-        )
-        .values(superseded_at=now)
-        .execution_options(synchronize_session=False)
-    )
+    conn.execute(_SUPERSEDE, {"b_purpose": purpose, "b_flow_id": flow_id, "b_now": now})
     # Uniform over 000000..999999 from the OS CSPRNG (pyotp's generators are base32 secrets
     # for TOTP, not decimal codes).
     code = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
-    row = OneTimeCode(
-        id=secrets.token_hex(16),
-        purpose=purpose,
-        flow_id=flow_id,
-        code_hmac=code_hmac(settings, purpose=purpose, flow_id=flow_id, code=code),
-        created_at=now,
-        expires_at=now + ttl,
-        used_at=None,
-        attempts=0,
-        superseded_at=None,
-    )
-    session.add(row)
-    session.flush()
-    return IssuedCode(id=row.id, code=code, expires_at=row.expires_at)
+    issued = IssuedCode(id=secrets.token_hex(16), code=code, expires_at=now + ttl)
+    conn.execute(_INSERT, {
+        "id": issued.id,
+        "purpose": purpose,
+        "flow_id": flow_id,
+        "code_hmac": code_hmac(settings, purpose=purpose, flow_id=flow_id, code=code),
+        "created_at": now,
+        "expires_at": issued.expires_at,
+        "used_at": None,
+        "attempts": 0,
+        "superseded_at": None,
+    })
+    return issued
 
 
 def issue(
@@ -205,7 +244,7 @@ def issue(
 
 
 def verify(
-    session: Session,
+    session: Session | sa.Connection,
     settings: Settings,
     *,
     purpose: str,
@@ -227,17 +266,8 @@ def verify(
     if candidate is None:
         return VerifyOutcome.MALFORMED
 
-    row = session.execute(
-        sa.select(OneTimeCode)
-        .where(
-            OneTimeCode.purpose == purpose,
-            OneTimeCode.flow_id == flow_id,
-            OneTimeCode.superseded_at.is_(None),
-        )
-        .order_by(OneTimeCode.created_at.desc())
-        .limit(1)
-        .execution_options(populate_existing=True)
-    ).scalar_one_or_none()
+    conn = _connection(session)
+    row = conn.execute(_LIVE, {"purpose": purpose, "flow_id": flow_id}).first()
     if row is None:
         return VerifyOutcome.NO_CODE
     if row.used_at is not None:
@@ -248,39 +278,25 @@ def verify(
     if now >= row.expires_at:
         return VerifyOutcome.EXPIRED
 
-    # Take one attempt, atomically: the row lock (PostgreSQL) or the write lock (SQLite) makes
-    # a parallel request re-check `attempts < limit` after this one.
-    taken = session.execute(
-        sa.update(OneTimeCode)
-        .where(
-            OneTimeCode.id == row.id,
-            OneTimeCode.attempts < limit,
-            OneTimeCode.used_at.is_(None),
-            OneTimeCode.superseded_at.is_(None),
-        )
-        .values(attempts=OneTimeCode.attempts + 1)
-        .execution_options(synchronize_session=False)
-    )
+    expected = code_hmac(settings, purpose=purpose, flow_id=flow_id, code=candidate)
+    right = hmac.compare_digest(expected.encode(), row.code_hmac.encode())
+
+    # Take one attempt and, when the code is right, spend the code, in ONE conditional UPDATE:
+    # the row lock (PostgreSQL) or the write lock (SQLite) makes a parallel request re-check
+    # `attempts < limit` and `used_at IS NULL` after this one, so a code logs in once at most
+    # and parallel guesses never get an extra try.
+    taken = conn.execute(_TAKE_ATTEMPT, {
+        "b_id": row.id, "b_limit": limit, "b_used_at": now if right else None,
+    })
     if _rowcount(taken) != 1:
         # A parallel request used the last attempt, spent the code, or a resend replaced it.
-        session.refresh(row)
+        row = conn.execute(_BY_ID, {"id": row.id}).one()
         if row.used_at is not None:
             return VerifyOutcome.USED
         if row.superseded_at is not None:
             return VerifyOutcome.WRONG
         return VerifyOutcome.TOO_MANY_ATTEMPTS
-
-    expected = code_hmac(settings, purpose=purpose, flow_id=flow_id, code=candidate)
-    if not hmac.compare_digest(expected.encode(), row.code_hmac.encode()):
-        return VerifyOutcome.WRONG
-
-    spent = session.execute(
-        sa.update(OneTimeCode)
-        .where(OneTimeCode.id == row.id, OneTimeCode.used_at.is_(None))
-        .values(used_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    return VerifyOutcome.OK if _rowcount(spent) == 1 else VerifyOutcome.USED
+    return VerifyOutcome.OK if right else VerifyOutcome.WRONG
 
 
 def _rowcount(result: sa.Result[object]) -> int:

@@ -11,6 +11,11 @@
 3. records the outcome: `sent` with the provider (and its message id), or `failed` with the last
    reason, and raises `DeliveryFailed` (its `user_message` is what a person can be shown).
 
+`queue` + `deliver` split `send` in two for a caller that must commit something of its own
+with the queued row (`gateway.sms.service` commits the code and its message in one
+transaction): `queue` adds the row to the caller's transaction, the caller commits, `deliver`
+calls the providers and records the outcome.
+
 A second call with an idempotency key that already succeeded returns the recorded message and
 sends nothing. A retry of a failed key reuses its row, and must carry the same text: the row keeps
 an HMAC of the text, and another text under the same key is refused (ValueError), because it
@@ -31,17 +36,20 @@ import logging
 import re
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import phonenumbers
 import sqlalchemy as sa
 from flask import Flask, current_app
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from gateway import clock
 from gateway import metrics as prometheus
+from gateway.db import UTCDateTime
 from gateway.i18n import lazy_gettext
 from gateway.settings import Settings
 from gateway.sms.messages import segments
@@ -113,6 +121,19 @@ def country_of(e164: str) -> str:
     return str(region) if region and len(region) == 2 else "ZZ"
 
 
+@dataclass(frozen=True)
+class Queued:
+    """A message `Dispatcher.queue` added: its row, and the number and idempotency key that
+    the row keeps only as hashes (`deliver` needs them)."""
+
+    row: SmsMessage
+    to: str
+    idempotency_key: str
+
+    def __repr__(self) -> str:  # no number in logs or tracebacks
+        return f"Queued(row={self.row!r})"
+
+
 class Dispatcher:
     """Sends through `providers` in order; see the module docstring."""
 
@@ -138,37 +159,55 @@ class Dispatcher:
         purpose: str,
         idempotency_key: str,
     ) -> SmsMessage:
-        channel = str(getattr(channel, "value", channel))
-        if channel not in CHANNELS:
-            raise ValueError("channel must be 'sms' or 'voice'")
-        if not isinstance(to, str) or not E164.fullmatch(to):
-            raise ValueError("to must be an E.164 number")
-        if not _PURPOSE.fullmatch(purpose):
-            raise ValueError("purpose must be a short machine name")
-        if not idempotency_key or len(idempotency_key) > MAX_KEY_LENGTH:
-            raise ValueError(f"idempotency_key must be 1 to {MAX_KEY_LENGTH} characters")
-        if not text or len(text) > MAX_TEXT_LENGTH:
-            raise ValueError(f"text must be 1 to {MAX_TEXT_LENGTH} characters")
-
+        channel = _check_send(to=to, channel=channel, text=text, purpose=purpose,
+                              idempotency_key=idempotency_key)
         # Bookkeeping in a session of our own on the same database, committed step by step:
         # the caller's transaction stays as it is, and none is open while a provider is called.
         with Session(bind=session.get_bind(), expire_on_commit=False) as own:
-            return self._send(own, to=to, channel=channel, text=text, purpose=purpose,
-                              idempotency_key=idempotency_key)
+            row, claimed = self._claim(own, to=to, channel=channel, text=text, purpose=purpose,
+                                       idempotency_key=idempotency_key)
+            if not claimed:
+                return row
+            return self._deliver(own, Queued(row, to, idempotency_key), text)
 
-    def _send(
-        self, session: Session, *, to: str, channel: str, text: str, purpose: str,
+    def queue(
+        self,
+        session: Session | sa.Connection,
+        *,
+        to: str,
+        channel: str,
+        text: str,
+        purpose: str,
         idempotency_key: str,
-    ) -> SmsMessage:
-        row, claimed = self._claim(session, to=to, channel=channel, text=text, purpose=purpose,
-                                   idempotency_key=idempotency_key)
-        if not claimed:
-            return row
+    ) -> Queued:
+        """Add a new `queued` row to the caller's transaction (not committed); the caller
+        commits, then calls `deliver`. For a fresh idempotency key only: a key that was used
+        before raises ValueError (use `send` to retry)."""
+        channel = _check_send(to=to, channel=channel, text=text, purpose=purpose,
+                              idempotency_key=idempotency_key)
+        row = self._new_row(to=to, channel=channel, text=text, purpose=purpose,
+                            idempotency_key=idempotency_key)
+        if not self._insert(session, row):
+            raise ValueError("idempotency key already used for another message")
+        return Queued(row, to, idempotency_key)
 
+    def deliver(self, bind: Any, queued: Queued, text: str) -> SmsMessage:
+        """Send what `queue` added and the caller committed (on the database `bind`, an
+        engine); returns the row with its outcome, or raises DeliveryFailed."""
+        expected = self._text_hmac(queued.idempotency_key, text)
+        if not hmac.compare_digest(expected, queued.row.text_hmac):
+            raise ValueError("deliver takes the text the message was queued with")
+        # A plain connection: the bookkeeping below is a few Core statements.
+        with bind.connect() as own:
+            return self._deliver(own, queued, text)
+
+    def _deliver(self, session: Session | sa.Connection, queued: Queued, text: str) -> SmsMessage:
+        row = queued.row
         msg = OutgoingMessage(
-            message_id=row.id, to=to, channel=channel, text=text,
-            idempotency_key=idempotency_key, purpose=purpose,
+            message_id=row.id, to=queued.to, channel=row.channel, text=text,
+            idempotency_key=queued.idempotency_key, purpose=row.purpose,
         )
+        channel = row.channel
         reasons: list[str] = []
         for provider in (p for p in self.providers if channel in p.channels):
             try:
@@ -188,7 +227,6 @@ class Dispatcher:
                     provider=provider.name, country=row.country, channel=channel, outcome="accepted"
                 ).inc()
                 log.info("sms message %s accepted by %s", row.id, provider.name)
-                session.refresh(row)
                 return row
             reasons.append(reason)
             PROVIDER_SENDS.labels(
@@ -210,6 +248,38 @@ class Dispatcher:
             sa.select(SmsMessage).where(SmsMessage.idempotency_hash == idempotency_hash)
         ).one_or_none()
 
+    def _new_row(
+        self, *, to: str, channel: str, text: str, purpose: str, idempotency_key: str
+    ) -> SmsMessage:
+        """A new `queued` row (not in any session)."""
+        now = clock.now()
+        row = SmsMessage(
+            id=str(uuid.uuid4()),
+            to_hmac=phone_hmac(self.settings, to),
+            to_last2=to[-2:],
+            country=country_of(to),
+            channel=channel,
+            purpose=purpose,
+            segments=1 if channel == "voice" else segments(text).count,
+            idempotency_hash=key_hash(idempotency_key),
+            text_hmac=self._text_hmac(idempotency_key, text),
+            status=Status.QUEUED.value,
+            provider=None,
+            provider_message_id=None,
+            attempts=0,
+            error=None,
+            created_at=now,
+            updated_at=now,
+        )
+        return row
+
+    def _insert(self, session: Session | sa.Connection, row: SmsMessage) -> bool:
+        """INSERT the row unless its idempotency key exists (one statement, no savepoint: a
+        lost race for the key changes nothing in the caller's transaction). True when new."""
+        conn = session.connection() if isinstance(session, Session) else session
+        values = {c.key: getattr(row, c.key) for c in _COLUMNS}
+        return conn.execute(_INSERT[conn.dialect.name == "postgresql"], values).first() is not None
+
     def _claim(
         self, session: Session, *, to: str, channel: str, text: str, purpose: str,
         idempotency_key: str,
@@ -220,35 +290,14 @@ class Dispatcher:
         khash = key_hash(idempotency_key)
         text_hmac = self._text_hmac(idempotency_key, text)
         to_hmac = phone_hmac(self.settings, to)
+        row = self._new_row(to=to, channel=channel, text=text, purpose=purpose,
+                            idempotency_key=idempotency_key)
+        if self._insert(session, row):
+            session.commit()
+            return row, True
         existing = self._find(session, khash)
-        if existing is None:
-            row = SmsMessage(
-                id=str(uuid.uuid4()),
-                to_hmac=to_hmac,
-                to_last2=to[-2:],
-                country=country_of(to),
-                channel=channel,
-                purpose=purpose,
-                segments=1 if channel == "voice" else segments(text).count,
-                idempotency_hash=khash,
-                text_hmac=text_hmac,
-                status=Status.QUEUED.value,
-                attempts=0,
-                created_at=now,
-                updated_at=now,
-            )
-            try:
-                # A savepoint: losing the race for the key must not undo the caller's changes.
-                with session.begin_nested():
-                    session.add(row)
-            except IntegrityError:
-                existing = self._find(session, khash)
-                if existing is None:
-                    raise
-            else:
-                session.commit()
-                return row, True
-
+        if existing is None:  # pragma: no cover - the key's row exists: the INSERT said so
+            raise RuntimeError("sms message row vanished")
         if not (
             hmac.compare_digest(existing.text_hmac, text_hmac)
             and hmac.compare_digest(existing.to_hmac, to_hmac)
@@ -271,7 +320,9 @@ class Dispatcher:
         session.refresh(existing)
         return existing, claimed
 
-    def _set_status(self, session: Session, message_id: str, new: Status, **values: Any) -> bool:
+    def _set_status(
+        self, session: Session | sa.Connection, message_id: str, new: Status, **values: Any
+    ) -> bool:
         """Move to `new` only from a status it may replace (models.ALLOWED); True when moved."""
         result = session.execute(
             sa.update(SmsMessage)
@@ -282,7 +333,7 @@ class Dispatcher:
         return _rowcount(result) == 1
 
     def _record_attempt(
-        self, session: Session, row: SmsMessage, provider: str, reason: str
+        self, session: Session | sa.Connection, row: SmsMessage, provider: str, reason: str
     ) -> None:
         session.execute(
             sa.update(SmsMessage)
@@ -292,18 +343,23 @@ class Dispatcher:
         )
         session.commit()
 
-    def _record_sent(self, session: Session, row: SmsMessage, provider: str,
+    def _record_sent(self, session: Session | sa.Connection, row: SmsMessage, provider: str,
                      provider_message_id: str | None) -> None:
-        session.execute(
-            sa.update(SmsMessage)
-            .where(SmsMessage.id == row.id)
-            .values(attempts=SmsMessage.attempts + 1, provider=provider,
-                    provider_message_id=provider_message_id, updated_at=clock.now())
-        )
-        # A delivery report may already have arrived (Kannel's come within milliseconds):
-        # `sent` must never overwrite `delivered`.
-        self._set_status(session, row.id, Status.SENT)
+        """One UPDATE records the provider and moves the status to `sent`, and `row` (not in
+        any session) takes the values the database now holds."""
+        now = clock.now()
+        conn = session.connection() if isinstance(session, Session) else session
+        stored = conn.execute(_RECORD_SENT, {
+            "b_id": row.id, "b_provider": provider,
+            "b_provider_message_id": provider_message_id, "b_now": now,
+        }).one()
         session.commit()
+        for name, value in (
+            ("status", stored.status), ("attempts", stored.attempts), ("error", stored.error),
+            ("provider", provider), ("provider_message_id", provider_message_id),
+            ("updated_at", now),
+        ):
+            set_committed_value(row, name, value)
 
     # --- delivery reports ----------------------------------------------------------------
 
@@ -316,6 +372,52 @@ class Dispatcher:
         outcome = status.value if moved else "ignored"
         DELIVERY_REPORTS.labels(provider=provider, status=outcome).inc()
         return moved
+
+
+_TABLE: sa.Table = SmsMessage.__table__  # type: ignore[assignment]
+_COLUMNS = tuple(_TABLE.columns)
+
+# The statements of every send, built once (building and caching them per call costs more CPU
+# than the database spends on them) and run on the session's connection.
+#: A new row unless its idempotency key exists; by `postgresql` (True) or SQLite (False).
+_INSERT: dict[bool, Any] = {
+    pg: (postgresql.insert if pg else sqlite.insert)(_TABLE)
+    .on_conflict_do_nothing(index_elements=["idempotency_hash"])
+    .returning(_TABLE.c.id)
+    for pg in (True, False)
+}
+#: A delivery report may already have arrived (Kannel's come within milliseconds): `sent`
+#: never overwrites `delivered`.
+_RECORD_SENT = (
+    sa.update(_TABLE)
+    .where(_TABLE.c.id == sa.bindparam("b_id"))
+    .values(
+        attempts=_TABLE.c.attempts + 1,
+        provider=sa.bindparam("b_provider"),
+        provider_message_id=sa.bindparam("b_provider_message_id"),
+        updated_at=sa.bindparam("b_now", type_=UTCDateTime()),
+        status=sa.case(
+            (_TABLE.c.status.in_([s.value for s in ALLOWED[Status.SENT]]), Status.SENT.value),
+            else_=_TABLE.c.status,
+        ),
+    )
+    .returning(_TABLE.c.status, _TABLE.c.attempts, _TABLE.c.error)
+)
+def _check_send(
+    *, to: str, channel: str, text: str, purpose: str, idempotency_key: str
+) -> str:
+    channel = str(getattr(channel, "value", channel))
+    if channel not in CHANNELS:
+        raise ValueError("channel must be 'sms' or 'voice'")
+    if not isinstance(to, str) or not E164.fullmatch(to):
+        raise ValueError("to must be an E.164 number")
+    if not _PURPOSE.fullmatch(purpose):
+        raise ValueError("purpose must be a short machine name")
+    if not idempotency_key or len(idempotency_key) > MAX_KEY_LENGTH:
+        raise ValueError(f"idempotency_key must be 1 to {MAX_KEY_LENGTH} characters")
+    if not text or len(text) > MAX_TEXT_LENGTH:
+        raise ValueError(f"text must be 1 to {MAX_TEXT_LENGTH} characters")
+    return channel
 
 
 def _rowcount(result: sa.Result[Any]) -> int:

@@ -15,8 +15,13 @@ Every send is checked and counted here BEFORE a provider is called. Limits, from
 Windows. Counts live in the shared store (Redis or the database, `gateway.store`) in buckets
 aligned to the window (UTC hours, UTC days, ...). A limit reads the current bucket and the
 previous one and weighs the previous by the part of it still inside the rolling window (the
-"sliding window counter"): close to the rolling windows the policy promises, with two store
-calls per limit, and without the doubled burst a plain fixed window allows at its edge.
+"sliding window counter"): close to the rolling windows the policy promises, and without the
+doubled burst a plain fixed window allows at its edge.
+
+One store step per send: every counter of every limit is incremented, and every previous
+bucket and breaker read, in one `SharedStore.run` (one Lua script in Redis, atomic as a whole;
+one transaction in the database), and the limits are then decided from its results in the
+order above. A send that a limit refuses is undone in one more step.
 
 Race-free without locks: each limit first INCREMENTS its counter atomically and then compares
 the new value with the limit, so two parallel requests can never both see room that only one of
@@ -50,7 +55,18 @@ from gateway import metrics as prometheus
 from gateway.i18n import gettext, ngettext
 from gateway.settings import Settings
 from gateway.sms.policy import HourDay, SmsPolicy
-from gateway.store import SharedStore, StoreUnavailable
+from gateway.store import (
+    AddOnce,
+    Count,
+    Delete,
+    Get,
+    Incr,
+    Op,
+    Result,
+    Set,
+    SharedStore,
+    StoreUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -203,11 +219,15 @@ class _Window:
         return timedelta(seconds=self.remaining(now)) + self.length + _GRACE
 
 
-class _Refused(Exception):
-    def __init__(self, reason: LimitReason, retry_after: float) -> None:
-        super().__init__(reason.value)
+class _Refused:
+    """A limit's refusal; `window` is set for a country budget (its breaker trips)."""
+
+    def __init__(
+        self, reason: LimitReason, retry_after: float, window: _Window | None = None
+    ) -> None:
         self.reason = reason
         self.retry_after = retry_after
+        self.window = window
 
 
 class AbuseLimiter:
@@ -254,105 +274,142 @@ class AbuseLimiter:
             region.upper() if len(region) == 2 and region.isascii() and region.isalpha() else "ZZ"
         )
         now = clock.now()
-        undo: list[Callable[[], None]] = []
+        plan = _Plan()
+        checks = self._plan(plan, e164, country, account_id, ip, segments, flow_key, now)
         try:
-            self._check_breakers(country, now)
-            if flow_key is not None:
-                self._resend(flow_key, now, undo)
-            p = self.policy
-            self._hour_day(LimitReason.PER_NUMBER, "n", e164, p.per_number, 1, now, undo)
-            if account_id is not None:
-                account = str(account_id)
-                self._hour_day(LimitReason.PER_ACCOUNT, "a", account, p.per_account, 1, now, undo)
-            if ip is not None:
-                self._hour_day(LimitReason.PER_IP, "i", _ip_block(ip), p.per_ip, 1, now, undo)
-            self._prefix_velocity(e164, now, undo)
-            self._country_budget(country, segments, now, undo)
-        except _Refused as refused:
-            self._rollback(undo)
-            self.metrics.blocked(refused.reason, country)
-            raise LimitExceeded(refused.reason, math.ceil(refused.retry_after)) from None
+            results = self.store.run(plan.ops)
         except StoreUnavailable:
-            self._rollback(undo)
             self.metrics.blocked(STORE_UNAVAILABLE, country)
             raise SendingUnavailable("limits store unavailable") from None
+        refused = next((r for r in (check(results) for check in checks) if r is not None), None)
+        if refused is None:
+            return
+        self._undo(plan, results)
+        if refused.reason is LimitReason.COUNTRY_BUDGET and refused.window is not None:
+            self._trip(country, refused.window, now)
+        self.metrics.blocked(refused.reason, country)
+        raise LimitExceeded(refused.reason, math.ceil(refused.retry_after)) from None
 
     # -- the limits --
 
-    def _check_breakers(self, country: str, now: datetime) -> None:
-        for window in (_Window("hour", HOUR), _Window("day", DAY)):
-            index, _ = window.position(now)
-            if self.store.count(f"sms:cb:{window.name}:{country}:{index}") > 0:
-                raise _Refused(LimitReason.COUNTRY_BUDGET, window.remaining(now))
+    def _plan(
+        self,
+        plan: _Plan,
+        e164: str,
+        country: str,
+        account_id: str | int | None,
+        ip: str | None,
+        segments: int,
+        flow_key: str | None,
+        now: datetime,
+    ) -> list[_Check]:
+        """The store operations of every limit (added to `plan`) and, in the order the limits
+        are decided, one check per limit that reads their results."""
+        checks = [self._breakers(plan, country, now)]
+        if flow_key is not None:
+            checks.append(self._resend(plan, flow_key, now))
+        p = self.policy
+        checks += self._hour_day(plan, LimitReason.PER_NUMBER, "n", e164, p.per_number, now)
+        if account_id is not None:
+            account = str(account_id)
+            checks += self._hour_day(plan, LimitReason.PER_ACCOUNT, "a", account, p.per_account,
+                                     now)
+        if ip is not None:
+            checks += self._hour_day(plan, LimitReason.PER_IP, "i", _ip_block(ip), p.per_ip, now)
+        checks.append(self._prefix_velocity(plan, e164, now))
+        checks += self._country_budget(plan, country, segments, now)
+        return checks
 
-    def _resend(self, flow_key: str, now: datetime, undo: list[Callable[[], None]]) -> None:
+    def _breakers(self, plan: _Plan, country: str, now: datetime) -> _Check:
+        windows = (_Window("hour", HOUR), _Window("day", DAY))
+        reads = [
+            plan.add(Count(f"sms:cb:{w.name}:{country}:{w.position(now)[0]}")) for w in windows
+        ]
+
+        def check(results: list[Result]) -> _Refused | None:
+            for window, i in zip(windows, reads, strict=True):
+                if _int(results[i]) > 0:
+                    return _Refused(LimitReason.COUNTRY_BUDGET, window.remaining(now))
+            return None
+
+        return check
+
+    def _resend(self, plan: _Plan, flow_key: str, now: datetime) -> _Check:
         interval = timedelta(seconds=self.policy.resend_min_interval_seconds)
         key = f"sms:r:{self._hash(flow_key)}"
-        if not self.store.add_once(key, interval):
-            sent = self.store.get(key + ":at")
+        marker = plan.add(AddOnce(key, interval))
+        sent_at = plan.add(Get(key + ":at"))
+        # Only for telling the person how long to wait; the AddOnce above is the decision.
+        plan.add(Set(key + ":at", str(now.timestamp()).encode(), interval, only_if=marker))
+
+        def check(results: list[Result]) -> _Refused | None:
+            if results[marker]:
+                return None
+            sent = results[sent_at]
             try:
-                waited = now.timestamp() - float(sent.decode()) if sent else 0.0
+                waited = now.timestamp() - float(sent.decode()) if isinstance(sent, bytes) else 0.0
             except ValueError:
                 waited = 0.0
-            raise _Refused(LimitReason.RESEND_TOO_SOON, interval.total_seconds() - max(0.0, waited))
-        undo.append(lambda: self.store.delete(key))
-        # Only for telling the person how long to wait; the add_once above is the decision.
-        self.store.set(key + ":at", str(now.timestamp()).encode(), interval)
+            wait = interval.total_seconds() - max(0.0, waited)
+            return _Refused(LimitReason.RESEND_TOO_SOON, wait)
+
+        return check
 
     def _hour_day(
         self,
+        plan: _Plan,
         reason: LimitReason,
         kind: str,
         value: str,
         limits: HourDay,
-        amount: int,
         now: datetime,
-        undo: list[Callable[[], None]],
-    ) -> None:
+    ) -> list[_Check]:
         base = f"sms:{kind}:{self._hash(value)}"
-        self._sliding(reason, base, _Window("hour", HOUR), limits.hour, amount, now, undo)
-        self._sliding(reason, base, _Window("day", DAY), limits.day, amount, now, undo)
+        return [
+            self._sliding(plan, reason, base, _Window("hour", HOUR), limits.hour, 1, now),
+            self._sliding(plan, reason, base, _Window("day", DAY), limits.day, 1, now),
+        ]
 
-    def _prefix_velocity(self, e164: str, now: datetime, undo: list[Callable[[], None]]) -> None:
+    def _prefix_velocity(self, plan: _Plan, e164: str, now: datetime) -> _Check:
         rule = self.policy.per_prefix
         prefix = e164[: -rule.digits_dropped]
         window = _Window("prefix", timedelta(minutes=rule.window_minutes))
         index, _ = window.position(now)
         base = f"sms:pv:{self._hash(prefix)}"
         member = f"{base}:m:{self._hash(e164)}:{index}"
-        if not self.store.add_once(member, window.bucket_ttl(now)):
-            return  # this number is already counted in this window's distinct numbers
-        undo.append(lambda: self.store.delete(member))
-        self._sliding(
-            LimitReason.NUMBER_RANGE_VELOCITY, base, window, rule.max_distinct_numbers, 1, now, undo
+        # A number already counted in this window's distinct numbers is not counted again
+        # (its counter increment is skipped, and so is the check).
+        new_number = plan.add(AddOnce(member, window.bucket_ttl(now)))
+        return self._sliding(
+            plan, LimitReason.NUMBER_RANGE_VELOCITY, base, window, rule.max_distinct_numbers, 1,
+            now, only_if=new_number,
         )
 
     def _country_budget(
-        self, country: str, segments: int, now: datetime, undo: list[Callable[[], None]]
-    ) -> None:
+        self, plan: _Plan, country: str, segments: int, now: datetime
+    ) -> list[_Check]:
         budget = self.policy.country_budgets.for_region(country)
+        checks = []
         for window, limit in (
             (_Window("hour", HOUR), budget.hour),
             (_Window("day", DAY), budget.day),
         ):
-            try:
-                self._sliding(
-                    LimitReason.COUNTRY_BUDGET,
-                    f"sms:c:{country}",
-                    window,
-                    limit,
-                    segments,
-                    now,
-                    undo,
-                )
-            except _Refused:
-                self._trip(country, window, now)
-                raise _Refused(LimitReason.COUNTRY_BUDGET, window.remaining(now)) from None
+            checks.append(self._sliding(
+                plan, LimitReason.COUNTRY_BUDGET, f"sms:c:{country}", window, limit, segments,
+                now, breaker=True,
+            ))
+        return checks
 
     def _trip(self, country: str, window: _Window, now: datetime) -> None:
         index, _ = window.position(now)
         ttl = timedelta(seconds=max(1.0, window.remaining(now)))
-        if self.store.incr(f"sms:cb:{window.name}:{country}:{index}", ttl) == 1:
+        try:
+            tripped = self.store.incr(f"sms:cb:{window.name}:{country}:{index}", ttl) == 1
+        except StoreUnavailable:
+            # The budget's own counters still refuse every send until the window ends.
+            log.warning("sms country circuit could not be recorded (store unavailable)")
+            return
+        if tripped:
             # Alert once per country and window, however many instances see the trip.
             log.warning("sms country circuit open: country=%s window=%s", country, window.name)
             self.metrics.circuit_opened(country, window.name)
@@ -361,41 +418,75 @@ class AbuseLimiter:
 
     def _sliding(
         self,
+        plan: _Plan,
         reason: LimitReason,
         base: str,
         window: _Window,
         limit: int,
         amount: int,
         now: datetime,
-        undo: list[Callable[[], None]],
-    ) -> None:
+        *,
+        only_if: int | None = None,
+        breaker: bool = False,
+    ) -> _Check:
         index, fraction = window.position(now)
-        current = f"{base}:{window.name}:{index}"
-        ttl = window.bucket_ttl(now)
-        total = self.store.incr(current, ttl, amount)
-        undo.append(lambda: _discard(self.store.incr(current, ttl, -amount)))
-        previous = self.store.count(f"{base}:{window.name}:{index - 1}")
-        if previous * (1.0 - fraction) + total > limit:
+        current = plan.add(Incr(f"{base}:{window.name}:{index}", window.bucket_ttl(now), amount,
+                                only_if=only_if))
+        previous = plan.add(Count(f"{base}:{window.name}:{index - 1}"))
+
+        def check(results: list[Result]) -> _Refused | None:
+            total = results[current]
+            if total is None:
+                return None  # skipped (see only_if)
+            prev = _int(results[previous])
+            if prev * (1.0 - fraction) + _int(total) <= limit:
+                return None
+            if breaker:
+                # The breaker opens: the country refuses every send until the window ends.
+                return _Refused(reason, window.remaining(now), window)
             seconds = window.length.total_seconds()
-            raise _Refused(
-                reason, _retry_after(previous, total - amount, amount, limit, fraction, seconds)
+            return _Refused(
+                reason, _retry_after(prev, _int(total) - amount, amount, limit, fraction, seconds)
             )
 
-    def _rollback(self, undo: list[Callable[[], None]]) -> None:
-        for step in reversed(undo):
-            try:
-                step()
-            except StoreUnavailable:
-                # The store went away mid-way: what stays counted errs on the safe side.
-                log.warning("sms limits: could not undo a count (store unavailable)")
-                return
+        return check
+
+    def _undo(self, plan: _Plan, results: list[Result]) -> None:
+        """Take back what this send counted: every increment made, every marker it set (in
+        one store step)."""
+        undo: list[Op] = []
+        for op, result in zip(plan.ops, results, strict=True):
+            if isinstance(op, Incr) and result is not None:
+                undo.append(Incr(op.key, op.ttl, -op.amount))
+            elif isinstance(op, AddOnce) and result:
+                undo.append(Delete(op.key))
+        try:
+            self.store.run(undo)
+        except StoreUnavailable:
+            # The store went away mid-way: what stays counted errs on the safe side.
+            log.warning("sms limits: could not undo a count (store unavailable)")
 
     def _hash(self, value: str) -> str:
         return hmac.new(self._key, value.encode(), hashlib.sha256).hexdigest()[:_KEY_HEX]
 
 
-def _discard(_value: int) -> None:
-    return None
+class _Plan:
+    """The store operations of one check, run as one step (`SharedStore.run`)."""
+
+    def __init__(self) -> None:
+        self.ops: list[Op] = []
+
+    def add(self, op: Op) -> int:
+        self.ops.append(op)
+        return len(self.ops) - 1
+
+
+#: Reads the results of a plan; returns the refusal of its limit, if any.
+_Check = Callable[[list[Result]], "_Refused | None"]
+
+
+def _int(value: Result) -> int:
+    return int(value) if isinstance(value, int) else 0
 
 
 def _ip_block(ip: str) -> str:

@@ -5,11 +5,13 @@
 1. phone policy (`gateway.sms.phone`): a number that may not receive codes is refused;
 2. abuse limits (`gateway.sms.limits`): counted and possibly refused BEFORE any provider is
    called, so a refused request costs nothing;
-3. a new code (`gateway.sms.codes`), committed before sending, which ends the previous one;
+3. a new code (`gateway.sms.codes`), which ends the previous one;
 4. the text (`gateway.sms.messages`) in the person's language, with the WebOTP line;
-5. the dispatcher (`gateway.sms.dispatch`), which fails over between providers. Its idempotency
-   key is derived from the code row, so a retry through another provider carries the SAME code:
-   a person never holds two different codes from one request, whichever provider delivered.
+5. the dispatcher (`gateway.sms.dispatch`): the code and its `queued` message row are committed
+   in ONE transaction before any provider is called, then the dispatcher fails over between
+   providers. Its idempotency key is derived from the code row, so a retry through another
+   provider carries the SAME code: a person never holds two different codes from one request,
+   whichever provider delivered.
 
 Errors a caller can show to the person (each has a `.message` in Dutch and English):
 `PhoneRejected`, `LimitExceeded`, `SendingUnavailable` (limits store down, or every provider
@@ -25,6 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from flask import Flask, current_app
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from gateway import metrics as prometheus
@@ -68,8 +71,22 @@ SMS_CODES = prometheus.counter(
 
 
 class Dispatcher(Protocol):
-    """What the service needs of `gateway.sms.dispatch.Dispatcher`: it commits `session`
-    itself and raises `DeliveryFailed` when no provider accepted the message."""
+    """What the service and its users need of `gateway.sms.dispatch.Dispatcher`: `queue` adds
+    the message to the caller's transaction; after the commit `deliver` sends it, committing
+    its own bookkeeping, and raises `DeliveryFailed` when no provider accepted the message."""
+
+    def queue(
+        self,
+        session: Session | Connection,
+        *,
+        to: str,
+        channel: str,
+        text: str,
+        purpose: str,
+        idempotency_key: str,
+    ) -> Any: ...
+
+    def deliver(self, bind: Any, queued: Any, text: str) -> Any: ...
 
     def send(
         self,
@@ -80,7 +97,10 @@ class Dispatcher(Protocol):
         text: str,
         purpose: str,
         idempotency_key: str,
-    ) -> Any: ...
+    ) -> Any:
+        """`queue` and `deliver` in one call, bookkeeping in transactions of its own (for
+        messages that are not codes: the desk's application code)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -162,11 +182,22 @@ class SmsService:
             flow_key=f"{purpose.value}|{flow_id}",
         )
 
-        # Committed before any provider is called: a provider may deliver even when it then
-        # times out, and the code it delivered must be the one that verifies.
-        with self.database.begin() as session:
+        # The code and its message row, committed together before any provider is called: a
+        # provider may deliver even when it then times out, and the code it delivered must be
+        # the one that verifies; a crash leaves the row to say so. (A plain connection: these
+        # are a few Core statements.)
+        with self.database.engine.begin() as session:
             issued = codes.issue_code(
                 session, self.settings, purpose=purpose.value, flow_id=flow_id, ttl=self.code_ttl
+            )
+            text = text_for(issued.code)
+            queued = self.dispatcher.queue(
+                session,
+                to=target.e164,
+                channel=target.channel,
+                text=text,
+                purpose=purpose.value,
+                idempotency_key=f"otp:{issued.id}",
             )
 
         labels = {
@@ -175,17 +206,8 @@ class SmsService:
             "country": target.region,
         }
         try:
-            # A plain session: the dispatcher commits it itself, around each provider call.
-            with self.database.sessionmaker() as session:
-                message = self.dispatcher.send(
-                    session,
-                    to=target.e164,
-                    channel=target.channel,
-                    text=text_for(issued.code),
-                    purpose=purpose.value,
-                    idempotency_key=f"otp:{issued.id}",
-                )
-                message_id = str(message.id)
+            message = self.dispatcher.deliver(self.database.engine, queued, text)
+            message_id = str(message.id)
         except DISPATCH_FAILURES as exc:
             SMS_CODES.labels(**labels, outcome="failed").inc()
             log.warning("sms code not sent: every provider failed (%s)", type(exc).__name__)
@@ -215,7 +237,7 @@ class SmsService:
     def verify_code(self, *, purpose: Purpose | str, flow_id: str, code: object) -> VerifyOutcome:
         """Check a code a person typed. The attempt is committed whatever the outcome."""
         purpose = Purpose(purpose)
-        with self.database.begin() as session:
+        with self.database.engine.begin() as session:
             return codes.verify(
                 session,
                 self.settings,

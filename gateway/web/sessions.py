@@ -2,10 +2,16 @@
 
 The cookie carries only a random 256-bit session id; the data lives in the `SharedStore` as
 JSON under an HMAC of that id (a dump of the store yields no usable session ids), with an idle
-timeout of `IDLE_TIMEOUT` renewed whenever a request uses the session. A session id chosen by
+timeout of `IDLE_TIMEOUT` renewed when a request uses the session. A session id chosen by
 a client is never adopted: an unknown id gets a fresh one on the first write (no fixation), and
 the login code calls `regenerate_session()` at every login, which moves the data to a new id and
-deletes the old entry.
+deletes the old entry (both in one store step when the response is saved).
+
+A request that uses the session without changing it writes nothing back unless the entry was
+last written more than `RENEW_AFTER` ago: the store's TTL is renewed at most that often, so an
+idle session may end up to `RENEW_AFTER` before `IDLE_TIMEOUT` has passed since its last use
+(never later), and a run of page views costs one store read each instead of a read and a write.
+Changed data is always written.
 
 The session is loaded lazily: a request that never touches `flask.session` reads nothing and
 writes nothing, so bots and health checks cannot fill the store, and an empty session is never
@@ -27,11 +33,18 @@ from flask import session as flask_session
 from flask.json.tag import TaggedJSONSerializer
 from flask.sessions import SessionInterface, SessionMixin
 
+from gateway import clock
 from gateway.settings import Settings
-from gateway.store import SharedStore, get_store
+from gateway.store import Delete, Op, Set, SharedStore, get_store
 
-#: Idle timeout: a session unused this long is gone (renewed on every use).
+#: Idle timeout: a session unused this long is gone (renewed on use, see RENEW_AFTER).
 IDLE_TIMEOUT = timedelta(minutes=15)
+#: An unchanged session is written back (renewing IDLE_TIMEOUT) only when its entry is older
+#: than this: at most this much is taken off the idle timeout, never added to it.
+RENEW_AFTER = timedelta(seconds=60)
+#: Reserved key in the stored JSON: when the entry was written (POSIX seconds). Not part of
+#: the session's data.
+_WRITTEN_KEY = "_gw_written"
 #: 32 random bytes, base64url without padding.
 SESSION_ID_BYTES = 32
 _SESSION_ID = re.compile(r"\A[A-Za-z0-9_-]{43}\Z")
@@ -54,6 +67,11 @@ class StoreSession(SessionMixin):
         #: The id the data will be saved under; None until there is something to save.
         self.sid: str | None = None
         self._stored_sid: str | None = None
+        #: A stored id that regenerate() replaced: deleted when the response is saved.
+        self._doomed_sid: str | None = None
+        #: The entry as loaded (its JSON), and when it was written (None: unknown).
+        self._loaded_raw: bytes | None = None
+        self._written_at: float | None = None
         self._data: dict[str, Any] | None = None
         self.new = True
         self.modified = False
@@ -66,13 +84,13 @@ class StoreSession(SessionMixin):
     def _load(self) -> dict[str, Any]:
         if self._data is None:
             self.accessed = True
-            data = None
+            loaded = None
             if self.cookie_sid is not None:
-                data = self._interface.load(self._store, self.cookie_sid)
-            if data is None:
+                loaded = self._interface.load_entry(self._store, self.cookie_sid)
+            if loaded is None:
                 self._data = {}
             else:
-                self._data = data
+                self._data, self._written_at, self._loaded_raw = loaded
                 self.sid = self._stored_sid = self.cookie_sid
                 self.new = False
         return self._data
@@ -97,7 +115,7 @@ class StoreSession(SessionMixin):
     def regenerate(self) -> None:
         data = self._load()
         if self._stored_sid is not None:
-            self._store.delete(self._interface.store_key(self._stored_sid))
+            self._doomed_sid = self._stored_sid
         self._stored_sid = None
         self.sid = new_session_id()
         # A CSRF secret seen before the login must not survive it.
@@ -116,6 +134,13 @@ class StoreSessionInterface(SessionInterface):
         return "session:" + hmac.new(self._key, sid.encode(), hashlib.sha256).hexdigest()
 
     def load(self, store: SharedStore, sid: str) -> dict[str, Any] | None:
+        entry = self.load_entry(store, sid)
+        return entry[0] if entry is not None else None
+
+    def load_entry(
+        self, store: SharedStore, sid: str
+    ) -> tuple[dict[str, Any], float | None, bytes] | None:
+        """The session's data, when its entry was written, and the entry as stored; or None."""
         raw = store.get(self.store_key(sid))
         if raw is None:
             return None
@@ -123,7 +148,10 @@ class StoreSessionInterface(SessionInterface):
             data = _serializer.loads(raw.decode())
         except ValueError:
             return None
-        return data if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            return None
+        written = data.pop(_WRITTEN_KEY, None)
+        return data, float(written) if isinstance(written, int | float) else None, raw
 
     def open_session(self, app: Flask, request: Request) -> StoreSession:
         value = request.cookies.get(self.cookie_name)
@@ -135,9 +163,14 @@ class StoreSessionInterface(SessionInterface):
             return  # never touched: no store access, no cookie
         response.vary.add("Cookie")
         store = get_store(app)
+        ops: list[Op] = []
+        if session._doomed_sid is not None:
+            ops.append(Delete(self.store_key(session._doomed_sid)))
         if not session:
             if session._stored_sid is not None:
-                store.delete(self.store_key(session._stored_sid))
+                ops.append(Delete(self.store_key(session._stored_sid)))
+            if ops:
+                store.run(ops)
             if session.cookie_sid is not None:
                 response.delete_cookie(
                     self.cookie_name, path="/", secure=self.secure, httponly=True, samesite="Lax"
@@ -145,9 +178,22 @@ class StoreSessionInterface(SessionInterface):
             return
         if session.sid is None:
             session.sid = new_session_id()
-        # Written on every use: that renews the idle timeout.
-        payload = _serializer.dumps(dict(session)).encode()
-        store.set(self.store_key(session.sid), payload, IDLE_TIMEOUT)
+        data = dict(session)
+        now = clock.now().timestamp()
+        written = session._written_at
+        unchanged = (
+            not ops
+            and session.sid == session._stored_sid
+            and written is not None
+            and 0 <= now - written < RENEW_AFTER.total_seconds()
+            # The data as it is now, serialised as it was stored, is byte for byte the entry
+            # that was loaded: nothing changed, also not in place inside a value.
+            and _dumps({**data, _WRITTEN_KEY: written}) == session._loaded_raw
+        )
+        if not unchanged:
+            data[_WRITTEN_KEY] = now
+            ops.append(Set(self.store_key(session.sid), _dumps(data), IDLE_TIMEOUT))
+            store.run(ops)
         if session.sid != session.cookie_sid:
             # A browser-session cookie: the idle timeout on the server decides how long it works.
             response.set_cookie(
@@ -156,6 +202,10 @@ class StoreSessionInterface(SessionInterface):
             )
             if "Cache-Control" not in response.headers:
                 response.headers["Cache-Control"] = "no-store"
+
+
+def _dumps(data: dict[str, Any]) -> bytes:
+    return _serializer.dumps(data).encode()
 
 
 def regenerate_session() -> str:
