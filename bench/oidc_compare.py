@@ -6,13 +6,17 @@ PostgreSQL behind both:
 (a) token-endpoint code exchanges per second, and their p50/p99 latency, at concurrency 16.
     Codes are pre-minted just before each phase through each provider's own service layer into
     its database: ours with `gateway.idp.oidc.tokens.create_grant` (what the authorization
-    endpoint's resume step calls), theirs with its `AuthorizationCode` model (what its
+    endpoint calls), theirs with its `AuthorizationCode` model (what its
     authorization endpoint calls; `bench/oidc/provider.js`, POST /bench/mint), both for a
     logged-in browser session, so the exchange does exactly what it does after a real login;
 (b) complete authorization-code flows per second, login excluded: every simulated browser
     logged in once beforehand (ours through the real password page, theirs through its
     interaction endpoints), then each flow is authorize -> (SSO, no page) -> code -> token
     exchange, following every redirect the provider sends.
+
+Each phase also reports the server CPU per operation (user + system time of the provider's
+process session, read from /proc): on a machine shared with other jobs it moves far less than
+the rates do.
 
 Both providers run the whole time; the phases run one provider after the other (alternating
 which goes first) and repeat `--rounds` times, so a machine shared with other jobs shows up as
@@ -293,7 +297,7 @@ class Ours(Provider):
         self.code_from(self.follow(browser, reply))
 
     def mint(self, browser: Browser, count: int) -> list[tuple[str, str]]:
-        """Codes for the SSO session of the account, made as the resume step makes them."""
+        """Codes for the SSO session of the account, as the authorization endpoint makes them."""
         import sqlalchemy as sa
 
         from gateway.db import get_db
@@ -339,7 +343,8 @@ class Theirs(Provider):
             subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True)
         self.proc = subprocess.Popen(
             ["node", "provider.js", "--port", str(port), "--workers", str(workers),
-             "--db", db_url, "--secret", self.secret],
+             # "=": a random secret may begin with "-", which parseArgs takes for an option.
+             "--db", db_url, f"--secret={self.secret}"],
             cwd=NODE_DIR, start_new_session=True,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
@@ -368,6 +373,27 @@ class Theirs(Provider):
         return [(c, v) for c, v in json.loads(reply.body)]
 
 
+def server_cpu(provider: Provider) -> float:
+    """CPU seconds (user + system) used so far by the provider's processes: its session
+    (start_new_session) holds the master and every worker. Linux /proc only; 0.0 elsewhere."""
+    if provider.proc is None:
+        return 0.0
+    sid = provider.proc.pid
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0
+    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        # After the command: state ppid pgrp session ... utime(12) stime(13) (0-based here).
+        if int(fields[3]) == sid:
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
 def _wait_http(port: int, path: str, proc: subprocess.Popen[bytes], seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -392,6 +418,14 @@ class Result:
     errors: int
     seconds: float
     latencies: list[float]
+    #: CPU seconds the provider's processes used during the phase (`server_cpu`).
+    cpu: float = 0.0
+
+    @property
+    def cpu_ms(self) -> float:
+        """Server CPU per completed operation, in ms: unlike the rates, hardly moved by
+        what else runs on the machine."""
+        return self.cpu / self.done * 1000 if self.done else float("nan")
 
     @property
     def rate(self) -> float:
@@ -442,6 +476,13 @@ def load(
     return Result(len(latencies), len(errors), max(last[0], began) - began, latencies)
 
 
+def measured(provider: Provider, run: Callable[[], Result]) -> Result:
+    before = server_cpu(provider)
+    result = run()
+    result.cpu = server_cpu(provider) - before
+    return result
+
+
 def exchanges(
     provider: Provider, browsers: list[Browser], count: int, seconds: float
 ) -> Result:
@@ -455,7 +496,7 @@ def exchanges(
         provider.exchange(browser, code, verifier)
         return True
 
-    return load(browsers, work, seconds)
+    return measured(provider, lambda: load(browsers, work, seconds))
 
 
 def flows(provider: Provider, browsers: list[Browser], count: int, seconds: float) -> Result:
@@ -470,7 +511,7 @@ def flows(provider: Provider, browsers: list[Browser], count: int, seconds: floa
         provider.flow(browser)
         return True
 
-    return load(browsers, work, seconds)
+    return measured(provider, lambda: load(browsers, work, seconds))
 
 
 # --- set-up and tear-down -------------------------------------------------------------------
@@ -518,10 +559,11 @@ def _line(label: str, ours: Result, theirs: Result) -> float:
     ratio = ours.rate / theirs.rate if theirs.rate else float("nan")
     print(
         f"  {label:<18} ours {ours.rate:7.1f}/s (p50 {ours.pct(0.5):6.1f} ms, "
-        f"p99 {ours.pct(0.99):6.1f} ms, n={ours.done}, err={ours.errors})   "
+        f"p99 {ours.pct(0.99):6.1f} ms, cpu {ours.cpu_ms:4.2f} ms/op, n={ours.done}, "
+        f"err={ours.errors})   "
         f"theirs {theirs.rate:7.1f}/s (p50 {theirs.pct(0.5):6.1f} ms, "
-        f"p99 {theirs.pct(0.99):6.1f} ms, n={theirs.done}, err={theirs.errors})   "
-        f"ratio {ratio:.2f}",
+        f"p99 {theirs.pct(0.99):6.1f} ms, cpu {theirs.cpu_ms:4.2f} ms/op, n={theirs.done}, "
+        f"err={theirs.errors})   ratio {ratio:.2f}",
         flush=True,
     )
     return ratio
@@ -543,6 +585,7 @@ def compare(args: argparse.Namespace, ours: Ours, theirs: Theirs) -> None:
         flows(provider, browsers, 100, 10)
     ratios: dict[str, list[float]] = {"a": [], "b": []}
     rates: dict[str, list[float]] = collections.defaultdict(list)
+    cpu: dict[str, list[float]] = collections.defaultdict(list)
     for round_no in range(1, args.rounds + 1):
         order: list[tuple[Provider, list[Browser]]] = [
             (ours, ours_browsers), (theirs, theirs_browsers)
@@ -561,6 +604,7 @@ def compare(args: argparse.Namespace, ours: Ours, theirs: Theirs) -> None:
                                  results[("b", "theirs")]))
         for (phase, name), result in results.items():
             rates[phase + name].append(result.rate)
+            cpu[phase + name].append(result.cpu_ms)
     print(f"summary over {args.rounds} rounds (median [min-max]); "
           f"{args.workers} worker process(es) each, concurrency {args.concurrency}, PostgreSQL")
     for phase, label in (("a", "(a) code exchanges/s"), ("b", "(b) complete flows/s")):
@@ -568,6 +612,10 @@ def compare(args: argparse.Namespace, ours: Ours, theirs: Theirs) -> None:
             f"  {label:<22} ours {_spread(rates[phase + 'ours'], '.1f')}   "
             f"theirs {_spread(rates[phase + 'theirs'], '.1f')}   "
             f"ratio ours/theirs {_spread(ratios[phase], '.2f')}"
+        )
+        print(
+            f"  {'':<22} server CPU ms/op: ours {_spread(cpu[phase + 'ours'], '.2f')}   "
+            f"theirs {_spread(cpu[phase + 'theirs'], '.2f')}"
         )
     for browser in ours_browsers + theirs_browsers:
         browser.close()

@@ -11,6 +11,7 @@ against is complete however the app was imported.
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ MODEL_MODULES: tuple[str, ...] = (
     "gateway.accounts.history",
     "gateway.desks.models",
     "gateway.desks.register",
+    "gateway.desks.eidas_links",
     "gateway.audit",
     "gateway.store",
     "gateway.sms.codes",
@@ -41,6 +43,12 @@ MODEL_MODULES: tuple[str, ...] = (
     "gateway.idp.oidc.tokens",
     "gateway.idp.saml.registry",
 )
+
+#: A pooled PostgreSQL connection idle at least this long is pinged before it is handed out
+#: (a database restart or a firewall's idle timeout may have closed it; the pool then opens a
+#: new one). A connection in steady use is not: one that breaks while in use raises a
+#: disconnect error, and SQLAlchemy then discards the whole pool.
+POOL_PING_IDLE_SECONDS = 5.0
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -115,7 +123,27 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         return engine
     # hide_parameters: database errors must never carry personal values into logs.
-    return sa.create_engine(url, pool_pre_ping=True, hide_parameters=True, **kwargs)
+    engine = sa.create_engine(url, hide_parameters=True, **kwargs)
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        # A pessimistic ping like pool_pre_ping, but only for a connection that sat idle:
+        # one ping per checkout is a round trip on every request (issue 6, "Performance").
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < POOL_PING_IDLE_SECONDS:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise sa.exc.DisconnectionError("stale pooled connection") from exc
+        if not alive:
+            raise sa.exc.DisconnectionError("stale pooled connection")
+
+    return engine
 
 
 class Database:

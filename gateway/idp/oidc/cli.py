@@ -1,6 +1,7 @@
 """`gateway rp ...`: register, list and remove relying parties (shared/INTERFACE.md).
 
-`gateway rp add-oidc --client-id ID --redirect-uri URI [...] [--public] [--bsn]` prints one
+`gateway rp add-oidc --client-id ID --redirect-uri URI [...] [--public] [--bsn]
+[--claims given_name,family_name,... | profile,address]` prints one
 JSON object with `client_id` and, for confidential clients using a secret, `client_secret`
 (shown once: only its HMAC is kept). Every refusal is one line naming the option.
 """
@@ -53,6 +54,11 @@ def _read(path: str | None, option: str) -> str | None:
 @click.option("--encryption-jwk", "encryption_file", type=str,
               help="File with the client's public RSA key for encrypted ID tokens.")
 @click.option("--backchannel-logout-uri")
+@click.option(
+    "--claims", "claims", multiple=True,
+    help="Personal attributes it may receive (from an eID), comma-separated claim names or"
+    " the scopes profile and address; none by default.",
+)
 @one_line_errors
 def add_oidc(
     client_id: str,
@@ -67,6 +73,7 @@ def add_oidc(
     id_token_alg: str,
     encryption_file: str | None,
     backchannel_logout_uri: str | None,
+    claims: tuple[str, ...],
 ) -> None:
     """Register an OpenID Connect client; prints its client_id (and client_secret)."""
     from gateway import audit
@@ -89,7 +96,7 @@ def add_oidc(
                 post_logout_redirect_uris=logout_uris, jwks=jwks,
                 min_level=Level.from_label(min_level), sector_identifier=sector_identifier,
                 id_token_alg=id_token_alg, encryption_jwk=encryption,
-                backchannel_logout_uri=backchannel_logout_uri,
+                backchannel_logout_uri=backchannel_logout_uri, claims=claims,
             )
             audit.record(
                 db, actor="cli", role="operator", desk=None, action="oidc.client.add",
@@ -106,8 +113,9 @@ def add_oidc(
 @rp.command("list")
 @one_line_errors
 def list_command() -> None:
-    """List registered OIDC clients, one JSON object a line (no secrets)."""
+    """List registered OIDC clients and SAML SPs, one JSON object a line (no secrets)."""
     from gateway.db import get_db
+    from gateway.idp.saml.cli import list_rows as saml_rows
 
     app = load_app()
     with app.app_context(), get_db(app).begin() as db:
@@ -121,27 +129,43 @@ def list_command() -> None:
                         "token_endpoint_auth_method": row.token_endpoint_auth_method,
                         "redirect_uris": json.loads(row.redirect_uris),
                         "bsn": row.bsn,
+                        "claims": json.loads(row.claims or "[]"),
                         "min_level": Level(row.min_level).label,
                     }
                 )
             )
+        for saml_row in saml_rows(db):
+            click.echo(json.dumps(saml_row))
 
 
 @rp.command("remove")
 @click.argument("client_id")
+@click.option("--protocol", type=click.Choice(["oidc", "saml"]),
+              help="Which kind of relying party (needed only when both have this ID).")
 @one_line_errors
-def remove_command(client_id: str) -> None:
-    """Remove an OIDC client; its grants and tokens stop working at once."""
+def remove_command(client_id: str, protocol: str | None) -> None:
+    """Remove an OIDC client (by client_id) or a SAML SP (by entity ID); it stops working at
+    once (an OIDC client's grants and tokens too)."""
     from gateway import audit
     from gateway.app import get_settings
     from gateway.db import get_db
+    from gateway.idp.saml import registry as saml_registry
+    from gateway.idp.saml.cli import remove_sp
 
     app = load_app()
     with app.app_context(), get_db(app).begin() as db:
-        if not registry.remove_client(db, client_id):
-            raise Failure(f"CLIENT_ID: no client {client_id[:100]!r} is registered")
-        audit.record(
-            db, actor="cli", role="operator", desk=None, action="oidc.client.remove",
-            object_ref=client_id[:100], outcome="ok", settings=get_settings(app),
-        )
+        is_oidc = protocol != "saml" and db.get(registry.OidcClient, client_id) is not None
+        is_saml = protocol != "oidc" and saml_registry.get_sp(db, client_id) is not None
+        if is_oidc and is_saml:
+            raise Failure("CLIENT_ID: both an OIDC client and a SAML SP have this ID; "
+                          "add --protocol oidc or --protocol saml")
+        if is_saml:
+            remove_sp(db, client_id)
+        elif not is_oidc or not registry.remove_client(db, client_id):
+            raise Failure(f"CLIENT_ID: no relying party {client_id[:100]!r} is registered")
+        else:
+            audit.record(
+                db, actor="cli", role="operator", desk=None, action="oidc.client.remove",
+                object_ref=client_id[:100], outcome="ok", settings=get_settings(app),
+            )
     click.echo(f"removed {client_id}")

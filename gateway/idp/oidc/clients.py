@@ -16,6 +16,14 @@ Rules enforced at registration, so that the endpoints can compare strings exactl
   secrets people choose; a generated 256-bit secret cannot be guessed from its hash whatever
   the hash's cost, and the HMAC keeps the token endpoint fast (one hash per request instead of
   tens of milliseconds of argon2) while a stolen table alone still proves nothing.
+
+Every worker keeps the clients it has read in memory (`ClientCache`, issue 6 "Performance":
+the token endpoint then needs no registry query). A change (`register`, `remove_client`)
+clears the cache of the process that made it when its transaction commits, and writes a new
+random registry version into the shared store; every other worker compares its version with
+the store's at most every `REGISTRY_CHECK_SECONDS` and empties its cache when they differ, so
+a client removed or changed elsewhere stops working everywhere within that bound (and its
+grants and tokens went with the row: the database cascades, which no cache can outlive).
 """
 
 from __future__ import annotations
@@ -26,14 +34,18 @@ import ipaddress
 import json
 import re
 import secrets
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
+from flask import Flask, current_app, has_app_context
+from sqlalchemy import event
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from gateway import clock
@@ -58,6 +70,18 @@ ENCRYPTION_ENC = "A256GCM"
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 #: Largest inline JWK Set accepted (a handful of public keys).
 MAX_JWKS_BYTES = 16 * 1024
+#: A worker asks the shared store whether the registry changed at most this often: the
+#: longest a client removed or changed by another process goes on working as it was.
+REGISTRY_CHECK_SECONDS = 1.0
+#: Shared-store key of the registry version (a random value, new at every change).
+REGISTRY_VERSION_KEY = "oidc:registry-version"
+#: The version lives "for ever" (a store that forgets it only makes workers reload once).
+REGISTRY_VERSION_TTL = timedelta(days=3650)
+#: Clients one worker keeps; more are read from the database each time (ids that are not
+#: registered are never cached, so unknown ids cannot fill memory).
+MAX_CACHED_CLIENTS = 1000
+CACHE_KEY = "gateway.oidc.clients"
+_CHANGED = "gateway.oidc.registry_changed"
 
 
 class AuthMethod(StrEnum):
@@ -102,6 +126,8 @@ class OidcClient(Base):
     id_token_encryption_jwk: Mapped[str | None] = mapped_column(sa.Text)
     backchannel_logout_uri: Mapped[str | None] = mapped_column(sa.String(MAX_URI_LENGTH))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: JSON list of the attribute claims it may receive (gateway.idp.oidc.release; --claims).
+    claims: Mapped[str] = mapped_column(sa.Text, default="[]", server_default="[]")
 
 
 @dataclass(frozen=True)
@@ -122,6 +148,8 @@ class Client:
     id_token_signed_response_alg: str
     id_token_encryption_jwk: dict[str, Any] | None
     backchannel_logout_uri: str | None
+    #: Attribute claims the operator registered it for (gateway.idp.oidc.release).
+    claims: tuple[str, ...] = ()
 
     @classmethod
     def from_row(cls, row: OidcClient, settings: Settings) -> Client:
@@ -142,6 +170,7 @@ class Client:
                 json.loads(row.id_token_encryption_jwk) if row.id_token_encryption_jwk else None
             ),
             backchannel_logout_uri=row.backchannel_logout_uri,
+            claims=tuple(json.loads(row.claims or "[]")),
         )
 
     def __repr__(self) -> str:
@@ -158,10 +187,16 @@ class Client:
 
     def get_allowed_scope(self, scope: str | None) -> str:
         # OIDC Core 3.1.2.1: scope values that are not understood are ignored.
+        # Attribute scopes only for a client registered for some of their claims.
         from gateway.idp.oidc.provider import SCOPES_SUPPORTED
+        from gateway.idp.oidc.release import SCOPE_CLAIMS, allowed_scopes
 
         requested = (scope or "").split()
-        return " ".join(s for s in SCOPES_SUPPORTED if s in requested)
+        allowed = allowed_scopes(self.claims)
+        return " ".join(
+            s for s in SCOPES_SUPPORTED
+            if s in requested and (s not in SCOPE_CLAIMS or s in allowed)
+        )
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
         return isinstance(redirect_uri, str) and redirect_uri in self.redirect_uris
@@ -303,6 +338,7 @@ def register(
     id_token_alg: str = "RS256",  # noqa: S107 - an algorithm name
     encryption_jwk: dict[str, Any] | None = None,
     backchannel_logout_uri: str | None = None,
+    claims: Sequence[str] = (),
 ) -> Registration:
     """Register a client (in the caller's transaction). Raises ClientError."""
     if not isinstance(client_id, str) or not CLIENT_ID_PATTERN.match(client_id):
@@ -332,6 +368,12 @@ def register(
         raise ClientError("--sector-identifier: letters, digits and . _ ~ : / @ + - only")
     if db.get(OidcClient, client_id) is not None:
         raise ClientError(f"--client-id: {client_id} is already registered")
+    from gateway.idp.oidc.release import PolicyError, parse_policy
+
+    try:
+        claim_policy = parse_policy(claims)
+    except PolicyError as exc:
+        raise ClientError(str(exc)) from None
 
     secret: str | None = None
     secret_hash: str | None = None
@@ -353,18 +395,127 @@ def register(
         id_token_encryption_jwk=json.dumps(encryption_jwk) if encryption_jwk else None,
         backchannel_logout_uri=backchannel_logout_uri,
         created_at=clock.now(),
+        claims=json.dumps(list(claim_policy)),
     )
     db.add(row)
     db.flush()
+    _mark_changed(db, settings)
     return Registration(Client.from_row(row, settings), secret)
 
 
 def get_client(db: Session, settings: Settings, client_id: object) -> Client | None:
-    """The registered client, or None (also for ids no client could have)."""
+    """The registered client, or None (also for ids no client could have); from this
+    worker's `ClientCache` when the app has one."""
     if not isinstance(client_id, str) or not CLIENT_ID_PATTERN.match(client_id):
         return None
+    cache: ClientCache | None = (
+        current_app.extensions.get(CACHE_KEY) if has_app_context() else None
+    )
+    if cache is not None:
+        return cache.get(db, settings, client_id)
+    return _load_client(db, settings, client_id)
+
+
+def _load_client(db: Session, settings: Settings, client_id: str) -> Client | None:
     row = db.get(OidcClient, client_id)
     return Client.from_row(row, settings) if row is not None else None
+
+
+class ClientCache:
+    """Registered clients of one worker process, emptied when the registry changes (see the
+    module docstring). Safe to share between the threads of a worker."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._clients: dict[str, Client] = {}
+        self._version: bytes | None = None
+        self._checked = float("-inf")
+        #: The clock of the check interval (tests replace it).
+        self.monotonic = time.monotonic
+
+    def clear(self) -> None:
+        with self._lock:
+            self._clients = {}
+            self._checked = float("-inf")
+
+    def _fresh(self) -> bool:
+        """Compare with the shared store's version (at most every REGISTRY_CHECK_SECONDS);
+        False when the store cannot say (then nothing is served from or kept in memory)."""
+        now = self.monotonic()
+        if now - self._checked < REGISTRY_CHECK_SECONDS:
+            return True
+        from gateway.store import StoreUnavailable
+
+        try:
+            version = self._store.get(REGISTRY_VERSION_KEY)
+        except StoreUnavailable:
+            self.clear()
+            return False
+        with self._lock:
+            if version != self._version:
+                self._clients = {}
+                self._version = version
+            self._checked = now
+        return True
+
+    def get(self, db: Session, settings: Settings, client_id: str) -> Client | None:
+        if not self._fresh():
+            return _load_client(db, settings, client_id)
+        client = self._clients.get(client_id)
+        if client is not None:
+            return client
+        client = _load_client(db, settings, client_id)
+        if client is not None:
+            with self._lock:
+                if len(self._clients) < MAX_CACHED_CLIENTS:
+                    self._clients[client_id] = client
+        return client
+
+
+def _mark_changed(db: Session, settings: Settings | None) -> None:
+    """The registry changes when `db` commits (see `_after_commit`)."""
+    if settings is None and has_app_context():
+        from gateway.app import get_settings
+
+        settings = get_settings()
+    db.info[_CHANGED] = settings or True
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(db: Session) -> None:
+    changed: Settings | bool | None = db.info.pop(_CHANGED, None)
+    if changed is None:
+        return
+    from gateway.store import StoreUnavailable, get_store, make_store
+
+    if has_app_context():
+        cache = current_app.extensions.get(CACHE_KEY)
+        if cache is not None:
+            cache.clear()
+    try:
+        if has_app_context():
+            store = get_store()
+        elif isinstance(changed, Settings):
+            store = make_store(changed)
+        else:
+            return
+        store.set(REGISTRY_VERSION_KEY, secrets.token_bytes(16), REGISTRY_VERSION_TTL)
+    except StoreUnavailable:
+        # Other workers then see the change only when they next reach the store; they serve
+        # nothing from memory while they cannot (ClientCache._fresh).
+        pass
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(db: Session) -> None:
+    db.info.pop(_CHANGED, None)
+
+
+def init_app(app: Flask) -> None:
+    from gateway.store import get_store
+
+    app.extensions[CACHE_KEY] = ClientCache(get_store(app))
 
 
 def list_clients(db: Session) -> list[OidcClient]:
@@ -381,4 +532,5 @@ def remove_client(db: Session, client_id: str) -> bool:
     revoke_client(db, client_id)
     db.delete(row)
     db.flush()
+    _mark_changed(db, None)
     return True

@@ -4,7 +4,10 @@
 - `/oidc/authorize` (GET and POST): checks the request (`provider`), hands an `RpRequest` to
   the login flow, and on `/oidc/authorize/resume` turns the flow's `AuthnResult` into an
   authorization code, answered by redirect (`query`) or by an auto-submitting form
-  (`form_post`, OAuth 2.0 Form Post Response Mode), always with `iss` (RFC 9207);
+  (`form_post`, OAuth 2.0 Form Post Response Mode), always with `iss` (RFC 9207). A browser
+  whose SSO session vouches for the request without asking anything is answered at once,
+  without a flow or a redirect hop (`gateway.flows.login.reuse_at_once`; issue 6,
+  "Performance"), with the same checks and the same code as after the flow;
 - `/oidc/token`, `/oidc/userinfo` (GET and POST, RFC 6750 bearer tokens);
 - `/oidc/logout`: RP-initiated logout with registered post-logout redirect URIs.
 
@@ -33,7 +36,7 @@ from gateway.db import session as db_session
 from gateway.flows.types import AuthnError, AuthnResult, ErrorCode, RpProtocol, RpRequest
 from gateway.i18n import lazy_gettext
 from gateway.idp.oidc import clients as registry
-from gateway.idp.oidc import provider, subjects, tokens
+from gateway.idp.oidc import provider, release, subjects, tokens
 from gateway.idp.oidc.clients import ENCRYPTION_ALG, ENCRYPTION_ENC, SIGNING_ALGS, Client
 from gateway.keys import get_keys
 from gateway.levels import Level
@@ -80,6 +83,15 @@ def start_login(rp_request: RpRequest) -> BaseResponse:
     from gateway.flows import login
 
     return login.start_login(rp_request)
+
+
+def reuse_sso(rp_request: RpRequest) -> AuthnResult | None:
+    """The login's result at once when this browser's SSO session vouches for the request
+    without interaction (`gateway.flows.login.reuse_at_once`); None: start a flow."""
+    from gateway.app import get_policies
+    from gateway.flows import login
+
+    return login.reuse_at_once(db_session(), get_settings(), get_policies(), rp_request)
 
 
 def finish_login(flow_id: str) -> tuple[RpRequest, AuthnResult | AuthnError] | None:
@@ -199,7 +211,7 @@ def discovery() -> Response:
         "acr_values_supported": [lv.context_class for lv in Level],
         "claims_supported": [
             "iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "sid",
-            "at_hash", "bsn",
+            "at_hash", "bsn", *release.RELEASABLE,
         ],
         "claim_types_supported": ["normal"],
         "claims_parameter_supported": True,
@@ -271,6 +283,10 @@ def authorize() -> BaseResponse:
         )
     except provider.AuthorizationError as exc:
         return authorization_error(redirect_uri, mode, state, exc.error, exc.description)
+    # Single sign-on that needs nothing of the person answers at once (no flow, no hop).
+    reused = reuse_sso(rp_request)
+    if reused is not None:
+        return answer(authz, client, reused)
     return start_login(rp_request)
 
 
@@ -288,13 +304,22 @@ def resume() -> BaseResponse:
         authz = provider.AuthzRequest.from_state(rp_request.state)
     except (KeyError, TypeError, ValueError):
         return error_page()
-    settings = get_settings()
-    db = db_session()
-    client = registry.get_client(db, settings, authz.client_id)
+    client = registry.get_client(db_session(), get_settings(), authz.client_id)
     if client is None or not client.check_redirect_uri(authz.redirect_uri):
         return error_page()  # removed or changed while the person was logging in
+    return answer(authz, client, outcome)
+
+
+def answer(
+    authz: provider.AuthzRequest, client: Client, outcome: AuthnResult | AuthnError
+) -> BaseResponse:
+    """The authorization response for a login's outcome: a code, or the protocol's error.
+    Commits (also what the caller added to the transaction, on either answer)."""
+    settings = get_settings()
+    db = db_session()
 
     def fail(error: str, description: str | None = None) -> BaseResponse:
+        db.commit()
         return authorization_error(
             authz.redirect_uri, authz.response_mode, authz.state, error, description
         )
@@ -312,7 +337,8 @@ def resume() -> BaseResponse:
     code = tokens.create_grant(
         db, settings, client, redirect_uri=authz.redirect_uri,
         code_challenge=authz.code_challenge, nonce=authz.nonce, scope=authz.scope, sub=sub,
-        result=result,
+        result=result, claims_sealed=release.seal_claims(
+            settings, release.released(client.claims, authz.scope, result.attributes)),
     )
     db.commit()
     return authorization_response(
@@ -350,7 +376,11 @@ def token() -> Response | BaseResponse:
     if not _basic_auth_ok():
         return _token_error("invalid_client", 401)
     try:
-        response: BaseResponse = _server().create_token_response()
+        # The everyday code exchange without authlib's generic machinery; anything else,
+        # and every refusal before the code is spent, goes through authlib.
+        response: BaseResponse | None = provider.plain_code_exchange(_server())
+        if response is None:
+            response = _server().create_token_response()
     except (StoreUnavailable, SQLAlchemyError):
         raise
     except Exception:
@@ -387,6 +417,7 @@ def userinfo() -> Response:
         response.headers["Cache-Control"] = "no-store"
         return response
     claims: dict[str, Any] = {"sub": grant.sub, "acr": grant.level_value.context_class}
+    claims.update(release.unseal_claims(settings, grant.claims_sealed))
     bsn = provider._account_bsn(grant, client)
     if bsn is not None:
         claims["bsn"] = bsn
@@ -463,5 +494,6 @@ def init_app(app: Flask, settings: Settings) -> None:
     from gateway.idp.oidc import backchannel
 
     app.extensions[SERVER_KEY] = provider.create_server()
+    registry.init_app(app)  # this worker's client cache
     app.register_blueprint(bp)
     backchannel.init_app(app)
