@@ -521,6 +521,10 @@ def test_requested_context_and_flags_reach_the_flow(
         ((BASIS, "exact"), [Level.BASIS]),
         ((BASIS, "better"), [Level.MIDDEN, Level.SUBSTANTIEEL, Level.HOOG]),
         ((MIDDEN, "maximum"), [Level.MIDDEN, Level.BASIS]),
+        # shared/INTERFACE.md: the eIDAS LoA URIs are accepted in a request too.
+        (("http://eidas.europa.eu/LoA/substantial", "minimum"),
+         [Level.SUBSTANTIEEL, Level.HOOG]),
+        (("http://eidas.europa.eu/LoA/low", "exact"), [Level.MIDDEN]),
     ],
 )
 def test_comparison_maps_to_levels(context: tuple[str, str], expected: list[Level]) -> None:
@@ -571,7 +575,6 @@ def test_bsn_sp_gets_legacy_name_id(
         bsn = BSN
 
     monkeypatch.setattr(views, "_account", lambda _id: Person())
-    monkeypatch.setattr(views, "_identity", lambda _row, _account: {})
     request_id, page = start_sso(client, settings)
     _, fields = form_fields(page.get_data(as_text=True))
     settings_unspecified = sp_settings(idp_metadata)

@@ -152,7 +152,8 @@ def test_post_binding_basis_then_step_up_to_midden(
 ) -> None:
     settings = sp_settings(idp_meta, contexts=[Level.BASIS.context_class],
                            encrypted=encrypted)
-    register(app, sp_metadata(settings), attributes=("surname", "given_names"))
+    # "surname" is the older name of family_name, still accepted.
+    register(app, sp_metadata(settings), attributes=("surname", "given_name"))
 
     # Basis over HTTP-Redirect: the password page, then a POST form to the ACS.
     request_id, response = _redirect_request(web, settings, "rs-basis")
@@ -163,11 +164,16 @@ def test_post_binding_basis_then_step_up_to_midden(
     _accepted(auth, Level.BASIS)
     assert auth.get_nameid_format() == C.NAMEID_PERSISTENT
     basis_name_id = auth.get_nameid()
-    # Released: what this SP was registered for, nothing more (no birth date, no e-mail).
-    # pysaml2's attribute map names `surname` urn:mace:dir:attribute-def:surname and leaves
-    # names it does not know as they are (see docs/saml-idp.md); compare by the last part.
-    released = {name.rsplit(":", 1)[-1]: v for name, v in auth.get_attributes().items()}
-    assert released == {"surname": ["Jansen"], "given_names": ["Jan"]}
+    # Released: what this SP was registered for, nothing more (no birth date, no e-mail),
+    # every attribute named the same way: a URI Name, NameFormat uri, FriendlyName the
+    # neutral name (docs/saml-idp.md).
+    assert auth.get_attributes() == {"urn:oid:2.5.4.4": ["Jansen"],
+                                     "urn:oid:2.5.4.42": ["Jan"]}
+    assert auth.get_friendlyname_attributes() == {"family_name": ["Jansen"],
+                                                  "given_name": ["Jan"]}
+    formats = {a.get("NameFormat") for a in etree.fromstring(
+        auth.get_last_response_xml().encode()).iter(f"{{{SAML_NS}}}Attribute")}
+    assert formats == {"urn:oasis:names:tc:SAML:2.0:attrname-format:uri"}
 
     # Midden over HTTP-POST: the SSO session knows the password, only the SMS code is asked.
     midden = sp_settings(idp_meta, contexts=[Level.MIDDEN.context_class], encrypted=encrypted)

@@ -40,8 +40,9 @@ from gateway.portal.keys import PortalAddresses, PortalKeys
 HTTP_TIMEOUT: Final = 10.0
 METADATA_TTL: Final = 300.0
 METADATA_PATH: Final = "/saml/idp/metadata"
-#: Attributes the demo SP asks the gateway to release (gateway.idp.saml.registry).
-REQUESTED_ATTRIBUTES: Final = ("surname", "given_names", "birth_date", "nationality", "email")
+#: Attributes the demo SP asks the gateway to release, by their neutral names
+#: (gateway.idp.saml.attributes; each arrives with that name as its FriendlyName).
+REQUESTED_ATTRIBUTES: Final = ("family_name", "given_name", "birthdate", "nationality", "email")
 #: The legacy DigiD NameID form for SPs entitled to the BSN: `s00000000:<BSN>`.
 BSN_NAMEID_PREFIX: Final = "s00000000:"
 
@@ -161,7 +162,13 @@ class SamlServiceProvider:
             raise SamlError("the SAML response could not be read") from exc
         if auth.get_errors() or not auth.is_authenticated():
             # The reason stays in the log of a real SP; it can name what an attacker changed.
-            raise SamlError("the SAML response was refused: " + ", ".join(auth.get_errors()))
+            reason = "the SAML response was refused: " + ", ".join(auth.get_errors())
+            detail = auth.get_last_error_reason() or ""
+            if detail.startswith("The status code of the Response was not Success"):
+                # The gateway's own answer (a SAML status such as RequestDenied), nothing an
+                # attacker chose: worth showing to the developer reading this page.
+                reason += " (" + detail[:200] + ")"
+            raise SamlError(reason)
         contexts = [str(c) for c in auth.get_last_authn_contexts()]
         reached = Level.from_context_class(contexts[0]) if contexts else None
         if reached is None or reached < level:
@@ -175,7 +182,8 @@ class SamlServiceProvider:
             "bsn": name_id[len(BSN_NAMEID_PREFIX):] if name_id.startswith(BSN_NAMEID_PREFIX)
             else None,
             "session_index": auth.get_session_index(),
-            "attributes": {k: list(v) for k, v in auth.get_attributes().items()},
+            # Keyed by FriendlyName (the gateway's neutral name); the XML shows the URI Names.
+            "attributes": {k: list(v) for k, v in auth.get_friendlyname_attributes().items()},
             "authn_context": contexts,
             "level": int(reached),
             "assertion_id": auth.get_last_assertion_id(),

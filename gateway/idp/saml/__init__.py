@@ -1,6 +1,7 @@
 """SAML 2.0 identity provider (OASIS SAML 2.0 Core, Bindings and Metadata), built on pysaml2.
 
-`crypto` gives pysaml2 an in-process XML Signature / XML Encryption backend.
+`crypto` gives pysaml2 an in-process XML Signature / XML Encryption backend; `attributes` is
+the one naming of every attribute released to an SP (neutral name -> URI Name, FriendlyName).
 """
 
 from __future__ import annotations

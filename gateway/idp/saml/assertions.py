@@ -38,6 +38,7 @@ from saml2.xmldsig import DIGEST_SHA256, SIG_RSA_SHA256
 
 from gateway import clock
 from gateway.flows.types import AuthnResult, ErrorCode
+from gateway.idp.saml.attributes import AttributeName, attribute_statement
 from gateway.idp.saml.crypto import AES256_GCM, RSA_OAEP_MGF1P
 from gateway.idp.saml.registry import SamlServiceProvider
 from gateway.settings import Settings
@@ -112,12 +113,13 @@ def authn_response(
     destination: str,
     name_id: NameID,
     result: AuthnResult,
-    identity: dict[str, list[str]],
+    attributes: list[tuple[AttributeName, str]],
     encrypt: bool,
 ) -> str:
-    """A signed Response with a signed (and, when `encrypt`, encrypted) Assertion."""
+    """A signed Response with a signed (and, when `encrypt`, encrypted) Assertion carrying
+    `attributes` (gateway.idp.saml.attributes.released) in the one naming of that module."""
     response = server.create_authn_response(
-        identity=identity,
+        identity={},  # the AttributeStatement is ours (attributes.py), not pysaml2's maps
         in_response_to=in_response_to,
         destination=destination,
         sp_entity_id=sp.entity_id,
@@ -127,19 +129,33 @@ def authn_response(
             "authn_instant": int(result.auth_time.timestamp()),
             "authn_auth": server.config.entityid,
         },
-        sign_response=not encrypt,
-        sign_assertion=not encrypt,
+        sign_response=False,
+        sign_assertion=False,
         encrypt_assertion=False,
-        sign_alg=SIG_RSA_SHA256,
-        digest_alg=DIGEST_SHA256,
     )
-    if not encrypt:
-        return str(response)
-    return _sign_encrypt_sign(server, sp, response)
+    assertion = _only_assertion(response)
+    statement = attribute_statement(attributes)
+    assertion.attribute_statement = [statement] if statement is not None else []
+    return _sign_wrap_sign(server, sp, response, assertion, encrypt=encrypt)
 
 
-def _sign_encrypt_sign(server: Any, sp: SamlServiceProvider, response: samlp.Response) -> str:
-    """Sign the assertion on its own, encrypt exactly what was signed, then sign the Response.
+def _only_assertion(response: samlp.Response) -> Any:
+    assertion = response.assertion
+    if isinstance(assertion, list):
+        if len(assertion) != 1:
+            raise ValueError("exactly one assertion expected")
+        assertion = assertion[0]
+    if assertion is None:
+        raise ValueError("no assertion")
+    return assertion
+
+
+def _sign_wrap_sign(
+    server: Any, sp: SamlServiceProvider, response: samlp.Response, assertion: Any, *,
+    encrypt: bool,
+) -> str:
+    """Sign the assertion on its own, put exactly what was signed (encrypted, when `encrypt`)
+    into the Response, then sign the Response.
 
     Why not pysaml2's `encrypt_assertion=True`: its "self-contained" step rewrites the
     assertion's prefixes to `encas0:`/`encas1:` before signing, while the enclosing Response
@@ -149,12 +165,8 @@ def _sign_encrypt_sign(server: Any, sp: SamlServiceProvider, response: samlp.Res
     renaming the prefix) verifies a different exclusive-c14n form, so the digest no longer
     matches. Here the assertion is serialised stand-alone with the same prefixes the Response
     uses (`saml:`, `ds:`, see `_xml`), so moving it back changes nothing the signature covers.
+    The unencrypted answer is built the same way, so both carry the same signed bytes.
     """
-    assertion = response.assertion
-    if isinstance(assertion, list):
-        if len(assertion) != 1:
-            raise ValueError("exactly one assertion expected")
-        assertion = assertion[0]
     # Signature Ids are document-wide xs:IDs: the Response's is Signature1.
     assertion.signature = pre_signature_part(
         assertion.id, server.sec.my_cert, 2, sign_alg=SIG_RSA_SHA256, digest_alg=DIGEST_SHA256
@@ -162,18 +174,22 @@ def _sign_encrypt_sign(server: Any, sp: SamlServiceProvider, response: samlp.Res
     signed_assertion = _text(server.sec.sign_statement(
         _xml(assertion), class_name(assertion), node_id=assertion.id
     ))
-    encrypted_data = _encrypt_for(server, sp, signed_assertion)
-
     response.assertion = None
-    response.encrypted_assertion = EncryptedAssertion()
     response.signature = pre_signature_part(
         response.id, server.sec.my_cert, 1, sign_alg=SIG_RSA_SHA256, digest_alg=DIGEST_SHA256
     )
-    root = etree.fromstring(_xml(response).encode())
-    container = root.find(f"{{{SAML_NS}}}EncryptedAssertion")
-    if container is None:
-        raise ValueError("no EncryptedAssertion placeholder")
-    container.append(etree.fromstring(_strip_declaration(encrypted_data).encode()))
+    if encrypt:
+        encrypted_data = _encrypt_for(server, sp, signed_assertion)
+        response.encrypted_assertion = EncryptedAssertion()
+        root = etree.fromstring(_xml(response).encode())
+        container = root.find(f"{{{SAML_NS}}}EncryptedAssertion")
+        if container is None:
+            raise ValueError("no EncryptedAssertion placeholder")
+        container.append(etree.fromstring(_strip_declaration(encrypted_data).encode()))
+    else:
+        root = etree.fromstring(_xml(response).encode())
+        # After Status, where the schema puts the Assertion.
+        root.append(etree.fromstring(_strip_declaration(signed_assertion).encode()))
     return _text(server.sec.sign_statement(
         etree.tostring(root, encoding="unicode"), class_name(response), node_id=response.id
     ))
@@ -290,8 +306,11 @@ def artifact_response(
         in_response_to=in_response_to,
         issuer=Issuer(text=idp_id, format="urn:oasis:names:tc:SAML:2.0:nameid-format:entity"),
         status=status,
+        # No signature Id: the Response inside already has "Signature1", and an xs:ID may occur
+        # once per document (schema-validating SPs such as django-digid-eherkenning refuse).
         signature=pre_signature_part(
-            message_id, server.sec.my_cert, 1, sign_alg=SIG_RSA_SHA256, digest_alg=DIGEST_SHA256
+            message_id, server.sec.my_cert, None, sign_alg=SIG_RSA_SHA256,
+            digest_alg=DIGEST_SHA256,
         ),
     )
     root = etree.fromstring(str(message).encode())

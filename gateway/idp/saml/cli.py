@@ -1,14 +1,18 @@
 """`gateway rp add-saml --metadata FILE [--bsn] [--attribute NAME ...]` (shared/INTERFACE.md).
 
 Registers (or re-registers) a SAML service provider from its metadata and prints its entity
-ID. Added to the `rp` group of gateway/idp/oidc/cli.py by gateway/cli.py.
+ID. Added to the `rp` group of gateway/idp/oidc/cli.py by gateway/cli.py. `gateway rp list`
+and `gateway rp remove` (in that module) cover SAML SPs through `list_rows` and `remove_sp`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
+from sqlalchemy.orm import Session
 
 from gateway.cli import Failure, load_app, one_line_errors
 from gateway.idp.saml import registry
@@ -19,8 +23,8 @@ from gateway.idp.saml import registry
 @click.option("--bsn", is_flag=True, help="A government service that receives the BSN.")
 @click.option(
     "--attribute", "attributes", multiple=True,
-    type=click.Choice(list(registry.RELEASABLE_ATTRIBUTES)),
-    help="An attribute the SP receives (repeatable).",
+    type=click.Choice(list(registry.ACCEPTED_ATTRIBUTE_NAMES)),
+    help="An attribute the SP receives (repeatable; docs/saml-idp.md lists their SAML names).",
 )
 @one_line_errors
 def add_saml(metadata_file: str, bsn: bool, attributes: tuple[str, ...]) -> None:
@@ -47,3 +51,40 @@ def add_saml(metadata_file: str, bsn: bool, attributes: tuple[str, ...]) -> None
     except audit.AuditDataError as exc:
         raise Failure(str(exc)) from None
     click.echo(entity_id)
+
+
+def list_rows(db: Session) -> Iterator[dict[str, Any]]:
+    """One JSON-ready object per registered SAML SP, for `gateway rp list`."""
+    for row in registry.list_sps(db):
+        try:
+            parsed = row.parsed
+        except registry.MetadataError:  # stored before a stricter rule: still listed
+            acs: list[dict[str, str]] = []
+            encrypted = False
+        else:
+            acs = [{"binding": e.binding, "location": e.location} for e in parsed.acs]
+            encrypted = bool(parsed.encryption_certificates)
+        yield {
+            "protocol": "saml",
+            "entity_id": row.entity_id,
+            "bsn": row.bsn,
+            "attributes": list(row.attribute_names),
+            "acs": acs,
+            "encrypted_assertions": encrypted,
+            "added_at": row.added_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+
+
+def remove_sp(db: Session, entity_id: str) -> bool:
+    """Remove a SAML SP (audited); False when none has that entity ID. The IdP stops
+    answering it at once: its pysaml2 server is rebuilt when the SP table changes."""
+    from gateway import audit
+    from gateway.app import get_settings
+
+    if not registry.remove(db, entity_id):
+        return False
+    audit.record(
+        db, actor="cli", role="operator", desk=None, action="saml.sp.remove",
+        object_ref=entity_id[:100], outcome="ok", settings=get_settings(),
+    )
+    return True

@@ -40,6 +40,10 @@ METADATA_PATH: Final = "/saml/idp/metadata"
 SSO_PATH: Final = "/saml/idp/sso"
 SLO_PATH: Final = "/saml/idp/slo"
 ARTIFACT_PATH: Final = "/saml/idp/artifact"
+#: The index of the one ArtifactResolutionService in the metadata. SAML 2.0 Bindings 3.6.4:
+#: an artifact's EndpointIndex names the *issuer's* resolution endpoint (not the SP's ACS),
+#: and SPs such as django-digid-eherkenning look the endpoint up by it.
+ARTIFACT_RESOLUTION_INDEX: Final = 1
 
 #: How long relying parties may trust a copy of the metadata. A rotated key stays published
 #: for keys.RETIRE_AFTER (7 days); metadata valid for as long means an SP that refreshes
@@ -90,7 +94,8 @@ def _config(settings: Settings, keys: KeyStore, sps: list[registry.SamlServicePr
                             (slo, registry.BINDING_SOAP),
                         ],
                         "artifact_resolution_service": [
-                            (endpoint(settings, ARTIFACT_PATH), registry.BINDING_SOAP),
+                            (endpoint(settings, ARTIFACT_PATH), registry.BINDING_SOAP,
+                             ARTIFACT_RESOLUTION_INDEX),
                         ],
                     },
                     "name_id_format": [

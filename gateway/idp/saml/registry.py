@@ -39,6 +39,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from gateway import clock
 from gateway.db import Base, UTCDateTime
+from gateway.idp.saml import attributes
 
 MD_NS: Final = "urn:oasis:names:tc:SAML:2.0:metadata"
 DS_NS: Final = "http://www.w3.org/2000/09/xmldsig#"
@@ -57,9 +58,12 @@ MAX_ENTITY_ID: Final = 200
 MAX_METADATA_BYTES: Final = 256 * 1024
 MAX_URL: Final = 1000
 
-#: Attributes an SP may be given (registered per SP); the BSN is not among them: it travels
-#: as the NameID of --bsn SPs, the DigiD form.
-RELEASABLE_ATTRIBUTES: Final = ("surname", "given_names", "birth_date", "email", "nationality")
+#: Attributes an SP may be given (registered per SP), by their neutral names
+#: (gateway.idp.saml.attributes); the BSN is not among them: it travels as the NameID of
+#: --bsn SPs, the DigiD form. The older names surname, given_names and birth_date are
+#: accepted too and stored as family_name, given_name and birthdate.
+RELEASABLE_ATTRIBUTES: Final = attributes.RELEASABLE
+ACCEPTED_ATTRIBUTE_NAMES: Final = (*attributes.RELEASABLE, *attributes.ALIASES)
 
 _PARSER = etree.XMLParser(
     resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False,
@@ -130,7 +134,9 @@ class SamlServiceProvider(Base):
 
     @property
     def attribute_names(self) -> tuple[str, ...]:
-        return tuple(json.loads(self.attributes))
+        """Neutral names (a registration stored under an older name is read as the new one)."""
+        names = (attributes.canonical(str(n)) for n in json.loads(self.attributes))
+        return tuple(dict.fromkeys(n for n in names if n is not None))
 
     @property
     def parsed(self) -> SpMetadata:
@@ -264,10 +270,11 @@ def parse_metadata(data: bytes) -> SpMetadata:
 
 def _check_attributes(names: Iterable[str]) -> list[str]:
     result: list[str] = []
-    for name in names:
-        if name not in RELEASABLE_ATTRIBUTES:
+    for raw in names:
+        name = attributes.canonical(raw)
+        if name is None:
             raise MetadataError(
-                f"--attribute: {name[:40]!r} is not one of {', '.join(RELEASABLE_ATTRIBUTES)}"
+                f"--attribute: {raw[:40]!r} is not one of {', '.join(RELEASABLE_ATTRIBUTES)}"
             )
         if name not in result:
             result.append(name)

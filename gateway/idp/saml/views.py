@@ -46,7 +46,7 @@ from gateway.app import get_settings
 from gateway.db import session as db_session
 from gateway.flows.types import AuthnError, AuthnResult, RpProtocol, RpRequest
 from gateway.i18n import lazy_gettext
-from gateway.idp.saml import assertions, idp, registry
+from gateway.idp.saml import assertions, attributes, idp, registry
 from gateway.levels import Level
 from gateway.store import get_store
 from gateway.web import allow_form_action, csrf_exempt, no_store
@@ -309,14 +309,18 @@ def requested_levels(root: etree._Element) -> tuple[tuple[Level, ...], bool] | N
     """Acceptable levels (preferred first) and whether they are essential; None when the
     request names only contexts this IdP does not know (NoAuthnContext).
 
-    SAML 2.0 Core 3.3.2.2.1: exact (default), minimum, maximum, better.
+    SAML 2.0 Core 3.3.2.2.1: exact (default), minimum, maximum, better. A class ref is one
+    of the levels' AuthnContextClassRefs or an eIDAS LoA URI (shared/INTERFACE.md, "eIDAS LoA
+    accepted as request": low = midden, substantial = substantieel, high = hoog); the answer
+    always carries the level's AuthnContextClassRef.
     """
     element = root.find(f"{{{SAMLP_NS}}}RequestedAuthnContext")
     if element is None:
         return tuple(Level), False
     comparison = element.get("Comparison") or "exact"
     refs = [(e.text or "").strip() for e in element.findall(f"{{{SAML_NS}}}AuthnContextClassRef")]
-    named = [lv for lv in (Level.from_context_class(r) for r in refs) if lv is not None]
+    named = [lv for lv in (Level.from_context_class(r) or Level.from_eidas_loa(r) for r in refs)
+             if lv is not None]
     if not named:
         return None
     if comparison == "exact":
@@ -395,7 +399,7 @@ def _sso(binding: str, relay_state: str | None, value: str) -> BaseResponse:
         raise Refused("AssertionConsumerService not in the SP's metadata")
     state = {
         "sp": sp.entity_id, "id": message_id, "acs": acs.location, "binding": acs.binding,
-        "index": acs.index or 0, "relay_state": relay_state,
+        "relay_state": relay_state,
     }
     wanted = requested_levels(root)
     reachable = reachable_levels()
@@ -450,11 +454,17 @@ def resume() -> BaseResponse:
         account.bsn if account is not None else None,
     )
     if name_id is None:
+        # A --bsn SP and a person without a BSN: a desk account without one, or an eIDAS
+        # login not linked to an account (docs/saml-idp.md). DigiD SPs read the NameID as
+        # `<sector>:<number>`; a pairwise identifier there would be misread, so they get a
+        # clean SAML error instead.
+        log.info("SAML: no BSN for a --bsn SP (route %s)", result.route)
         return deliver_error(state, (assertions.STATUS_RESPONDER,
                                      assertions.STATUS_REQUEST_DENIED))
     xml = assertions.authn_response(
         server, sp=row, in_response_to=str(state["id"]), destination=str(state["acs"]),
-        name_id=name_id, result=result, identity=_identity(row, account),
+        name_id=name_id, result=result,
+        attributes=attributes.released(row.attribute_names, account, result.attributes),
         encrypt=bool(row.parsed.encryption_certificates),
     )
     if result.sso_session_id is not None:
@@ -471,21 +481,6 @@ def _account(account_id: str | None) -> Any:
     from gateway.accounts.models import Account
 
     return db_session().get(Account, account_id)
-
-
-def _identity(row: registry.SamlServiceProvider, account: Any) -> dict[str, list[str]]:
-    if account is None:
-        return {}
-    values = {
-        "surname": account.surname,
-        "given_names": account.given_names,
-        "birth_date": account.birth_date.isoformat() if account.birth_date else None,
-        "email": account.email,
-        "nationality": account.nationality,
-    }
-    return {
-        name: [str(values[name])] for name in row.attribute_names if values.get(name)
-    }
 
 
 def _nameid_key(sp_entity_id: str, name_id: str) -> str:
@@ -508,7 +503,7 @@ def deliver(state: Mapping[str, Any], response_xml: str) -> BaseResponse:
     if state.get("binding") == registry.BINDING_ARTIFACT:
         server = idp.get_server()
         artifact = assertions.store_artifact(
-            get_store(), server.config.entityid, int(state.get("index") or 0),
+            get_store(), server.config.entityid, idp.ARTIFACT_RESOLUTION_INDEX,
             str(state["sp"]), response_xml,
         )
         params = [("SAMLart", artifact)]
