@@ -60,8 +60,12 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     apply_views.init_app(app)  # /apply: the citizen's online application
 
+    from gateway.flows import routes as identity_routes
     from gateway.flows import views as login_views
 
+    # Identity routes enabled in policies/routes.yaml (entry points `gateway.routes`); each
+    # registers its own blueprints. A bad routes.yaml stops start-up here.
+    identity_routes.init_app(app, settings, policies)
     login_views.init_app(app)  # /login flow, /activate, /logout, /account
 
     from gateway.accounts import views as account_views
@@ -71,6 +75,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     from gateway.accounts import recovery_views
 
     recovery_views.init_app(app)  # /account/unblock, /account/recover: citizen self-help
+
+    from gateway.desks import eidas_link_views
+
+    eidas_link_views.init_app(app)  # /eidas/link: a link code for a European eID
 
     from gateway.idp import oidc
 

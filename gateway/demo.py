@@ -8,6 +8,7 @@ open and type, and serves.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -59,6 +60,28 @@ def demo_lines(settings: Settings, base: str, portal_url: str) -> list[str]:
     ]
 
 
+def demo_policies(instance_dir: Path) -> Path:
+    """A copy of the shipped policies in the instance folder with the eIDAS route enabled."""
+    import shutil
+
+    import yaml
+
+    from gateway.settings import DEFAULT_POLICIES_DIR
+
+    folder = instance_dir / "demo-policies"
+    if folder.exists():
+        shutil.rmtree(folder)
+    shutil.copytree(DEFAULT_POLICIES_DIR, folder)
+    routes_file = folder / "routes.yaml"
+    data = yaml.safe_load(routes_file.read_text(encoding="utf-8"))
+    data["routes"]["eidas"]["enabled"] = True
+    routes_file.write_text(
+        "# Written by `gateway demo`: the shipped routes.yaml with the eIDAS route enabled.\n"
+        + yaml.safe_dump(data, sort_keys=False), encoding="utf-8",
+    )
+    return folder
+
+
 def prepare_demo(host: str, port: int, portal_port: int) -> tuple[Settings, list[str], str]:
     """Everything of `gateway demo` except serving: settings, migrations, seeds, and the lines
     to print. Returns the settings to serve with, the lines and the portal URL."""
@@ -79,11 +102,19 @@ def prepare_demo(host: str, port: int, portal_port: int) -> tuple[Settings, list
     if "GATEWAY_ISSUER" not in settings.environ:
         # The demo's issuer follows where it listens, so WebOTP lines and redirects match.
         overrides["issuer"] = base
+    if "GATEWAY_POLICIES" not in settings.environ:
+        # The shipped policies leave the eIDAS route off (a production gateway must name its
+        # real eIDAS node first); the demo turns it on against the simulator it starts.
+        overrides["policies_dir"] = demo_policies(settings.instance_dir)
     settings = settings.with_overrides(**overrides)
     upgrade(settings.database_url)
     app = load_app(settings)
     app.config[PORTAL_URL_CONFIG] = portal_url
     lines = demo_lines(settings, settings.issuer, portal_url)
+    from gateway.eidas_sim.cli import demo_sim_lines
+
+    # The eIDAS node simulator runs beside them when routes.yaml enables the eIDAS route.
+    lines.extend(demo_sim_lines(settings, host, taken=(port, portal_port)))
     with app.app_context():
         for seed in seeders():
             lines.extend(seed(app))
@@ -98,7 +129,12 @@ def run_demo(host: str, port: int, portal_port: int = 8001) -> None:
     settings, lines, portal_url = prepare_demo(host, port, portal_port)
     click.echo("\n".join(lines))
     portal = start_portal(settings, host, portal_port, portal_url)
+    from gateway.eidas_sim.cli import start_demo_sim
+
+    eidas_sim = start_demo_sim(settings, host)
     try:
         run(settings, host=host, port=port, workers=1)
     finally:
         portal.stop()
+        if eidas_sim is not None:
+            eidas_sim.stop()

@@ -1,9 +1,9 @@
 """Policies: the YAML files in `policies/`, validated with pydantic when the app starts.
 
-Policy is data (ARCHITECTURE.md, habit 3): desks, eligibility, assurance levels and SMS rules
-live in files an operator can read and review. A file that is missing, is not YAML, or does not
-match its model stops start-up with one line that names the file and the field. Secrets never
-live here: they come from the environment (gateway.settings).
+Policy is data (ARCHITECTURE.md, habit 3): desks, eligibility, assurance levels, identity
+routes and SMS rules live in files an operator can read and review. A file that is missing, is
+not YAML, or does not match its model stops start-up with one line that names the file and the
+field. Secrets never live here: they come from the environment (gateway.settings).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 
 from gateway.accounts.policy import AccountsPolicy
 from gateway.desks.policy import DesksPolicy, EligibilityPolicy
@@ -29,12 +29,36 @@ class PolicyError(Exception):
 
 M = TypeVar("M", bound=BaseModel)
 
+
+class RouteBlock(BaseModel):
+    """One route's block in `routes.yaml`: `enabled`, plus the route's own settings, which
+    the route checks itself (`IdentityRoute.configure`, gateway.flows.routes)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    enabled: StrictBool
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class RoutesPolicy(BaseModel):
+    """`routes.yaml`: which identity routes (entry points `gateway.routes`) are offered, in
+    the order the choose-route page lists them. Unknown names are refused when the app
+    builds its route registry (gateway.flows.routes.init_app), which knows the entry points."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    routes: dict[str, RouteBlock]
+
 #: file name -> model; every file is required.
 POLICY_FILES: dict[str, type[BaseModel]] = {
     "accounts.yaml": AccountsPolicy,
     "desks.yaml": DesksPolicy,
     "eligibility.yaml": EligibilityPolicy,
     "levels.yaml": LevelsPolicy,
+    "routes.yaml": RoutesPolicy,
     "sms.yaml": SmsPolicy,
 }
 
@@ -46,6 +70,7 @@ class Policies:
     eligibility: EligibilityPolicy
     levels: LevelsPolicy
     sms: SmsPolicy
+    routes: RoutesPolicy
 
 
 def load_file(path: Path, model: type[M]) -> M:
@@ -80,4 +105,5 @@ def load_policies(folder: Path) -> Policies:
         eligibility=loaded["eligibility.yaml"],  # type: ignore[arg-type]
         levels=loaded["levels.yaml"],  # type: ignore[arg-type]
         sms=loaded["sms.yaml"],  # type: ignore[arg-type]
+        routes=loaded["routes.yaml"],  # type: ignore[arg-type]
     )

@@ -165,3 +165,31 @@ def client(app: Flask) -> FlaskClient:
 def frozen_clock() -> Iterator[None]:
     with clock.frozen():
         yield
+
+
+# --- the eIDAS route (tests/eidas_helpers.py) -------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sp_keys_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One set of the gateway's eIDAS SP keys per worker (RSA-3072 takes a while to make)."""
+    from tests.eidas_helpers import make_sp_keys_template
+
+    return make_sp_keys_template(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def node_key_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The simulated eIDAS node's key folder, one per worker."""
+    from tests.eidas_helpers import make_node_key_dir
+
+    return make_node_key_dir(tmp_path_factory)
+
+
+@pytest.fixture
+def env(make_app: Callable[..., Flask], settings: Settings, tmp_path: Path,
+        sp_keys_template: Path, node_key_dir: Path) -> Any:
+    """An app with the eIDAS route on, its test relying party and the simulated node."""
+    from tests.eidas_helpers import make_env
+
+    return make_env(make_app, settings, tmp_path, sp_keys_template, node_key_dir)

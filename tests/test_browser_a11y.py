@@ -164,11 +164,11 @@ def _seed(app: Flask, language: str) -> dict[str, Any]:
 
 
 def _run(node: str, app: Flask, base: str, tmp_path: Path, mode: str,
-         language: str) -> dict[str, Any]:
+         language: str, **extra: Any) -> dict[str, Any]:
     config = {
         "mode": mode, "base": base, "lang": language, "chromium": CHROMIUM,
         "artifacts": str(ARTIFACTS), "sms_outbox": str(get_settings(app).sms_outbox),
-        **_seed(app, language),
+        **_seed(app, language), **extra,
     }
     config_path, output_path = tmp_path / "browser-config.json", tmp_path / "browser-out.json"
     config_path.write_text(json.dumps(config))
@@ -214,6 +214,65 @@ def test_every_page_has_no_wcag21_aa_violations(
     assert pages["account-midden"]["url"].split("?")[0].endswith("/account")
     assert pages["desk-application"]["url"].split("?")[0].rsplit("/", 1)[0].endswith(
         "/desk/applications")
+    overflowing = {page["name"]: page["overflow_320px"] for page in result["pages"]
+                   if page["overflow_320px"]}
+    assert overflowing == {}, "pages that scroll sideways at 320 CSS px (WCAG 1.4.10)"
+    violations = [page for page in result["pages"] if page["violations"]]
+    assert violations == [], "axe-core found WCAG 2.1 A/AA violations:\n" + _describe(violations)
+
+
+EIDAS_PAGES = {
+    "eidas-choose-midden": 200, "eidas-choose": 200, "sim-choose": 200, "eidas-cancelled": 200,
+    "eidas-external": 200, "eidas-link": 200, "eidas-link-request": 200, "eidas-link-code": 200,
+    "desk-eidas-link": 200, "desk-eidas-link-errors": None,
+}
+
+
+@pytest.fixture
+def live_eidas(make_app: Callable[..., Flask], settings: Any, tmp_path: Path,
+               node_key_dir: Path) -> Iterator[tuple[Flask, str, str]]:
+    """The gateway with the eIDAS route on, a test relying party (/rp/start, /rp/done) and
+    the eIDAS node simulator, each on a loopback server of its own."""
+    from gateway.eidas_sim.app import create_sim_app
+    from tests.eidas_helpers import add_rp, write_policies
+
+    gateway, node = _Deferred(), _Deferred()
+    servers = [make_server("127.0.0.1", 0, gateway, threaded=True),
+               make_server("127.0.0.1", 0, node, threaded=True)]
+    base, node_url = (f"http://127.0.0.1:{s.server_port}" for s in servers)
+    gateway.app = make_app(issuer=base, policies_dir=write_policies(
+        tmp_path, node_metadata_url=node_url + "/metadata"))
+    gateway.app.config["TESTING"] = False
+    add_rp(gateway.app)
+    node.app = create_sim_app(settings.with_overrides(issuer=base), base_url=node_url,
+                              key_dir=node_key_dir)
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    for thread in threads:
+        thread.start()
+    try:
+        yield gateway.app, base, node_url
+    finally:
+        for server in servers:
+            server.shutdown()
+
+
+@pytest.mark.parametrize("language", ["nl", "en"])
+def test_every_eidas_page_has_no_wcag21_aa_violations(
+    browser_tools: str, live_eidas: tuple[Flask, str, str], tmp_path: Path, language: str
+) -> None:
+    """The eIDAS route's pages (issue 8), the simulated node's and the linking pages, walked by
+    a person who cancels once, comes back once and then logs in with a German test eID."""
+    app, base, node_url = live_eidas
+    result = _run(browser_tools, app, base, tmp_path, "eidas", language,
+                  eidas={"node": node_url})
+    pages = {page["name"]: page for page in result["pages"]}
+    assert sorted(set(EIDAS_PAGES) - set(pages)) == [], "pages the walk did not reach"
+    for name, status in EIDAS_PAGES.items():
+        if status is not None:
+            assert pages[name]["status"] == status, (name, pages[name]["url"])
+        assert pages[name]["lang"] == language, name
+        assert pages[name]["rules_passed"] >= 10, name
+    assert pages["sim-choose"]["url"].startswith(node_url)
     overflowing = {page["name"]: page["overflow_320px"] for page in result["pages"]
                    if page["overflow_320px"]}
     assert overflowing == {}, "pages that scroll sideways at 320 CSS px (WCAG 1.4.10)"

@@ -1,7 +1,7 @@
 """Four-eyes requests (issue 4 item 5): who may decide (a supervisor of the same desk who did
 not ask), and that each approved action executes: reissue of an activation code, phone change
-with a code to the new number and a notice to the old one, unblock; link_eidas is refused
-as not available yet."""
+with a code to the new number and a notice to the old one, unblock (link_eidas:
+tests/test_eidas_link.py)."""
 
 from __future__ import annotations
 
@@ -227,12 +227,6 @@ def test_refusal_changes_nothing_but_the_request(desk: Desk) -> None:
     outcome = desk.decide(request, approve=False)
     assert outcome.status == "refused"
     assert desk.account.failed_logins == 7
-
-
-def test_link_eidas_is_not_available_yet(desk: Desk) -> None:
-    request = desk.ask("link_eidas", {"country": "DE"})
-    _refused(desk, request, "not_available")
-    assert desk.decide(request, approve=False).status == "refused"
 
 
 def test_stale_request_can_only_be_refused(desk: Desk) -> None:

@@ -71,6 +71,8 @@ BAD_FIELDS = [
     ("eligibility.yaml", lambda d: d.__setitem__("surprise", True), "surprise"),
     ("levels.yaml", lambda d: d["levels"][1].__setitem__("numeric", 15), "(top level)"),
     ("levels.yaml", lambda d: d["levels"].pop(), "(top level)"),
+    ("routes.yaml", lambda d: d["routes"].__setitem__("desk_account", {"enabled": "yes"}),
+     "routes.desk_account.enabled"),
     ("sms.yaml", lambda d: d.__setitem__("code_ttl_seconds", 3600), "code_ttl_seconds"),
     ("sms.yaml", lambda d: d.__setitem__("no_such_limit", 1), "no_such_limit"),
 ]

@@ -34,7 +34,7 @@ from gateway.portal.keys import PORTAL_URL_CONFIG, PortalAddresses
 from gateway.portal.oidc_client import OidcClient, OidcError, PendingLogin
 from gateway.portal.outbox import DEMO_FLAG
 from gateway.portal.seed import seed_portal
-from gateway.settings import Settings
+from gateway.settings import DEFAULT_POLICIES_DIR, Settings
 from tests.test_login_flow import PASSWORD, last_code, make_account
 
 BSN = "999990019"
@@ -166,7 +166,7 @@ def test_saml_basis_and_single_logout(live: Live) -> None:
     text = unescape(page.text)
     assert Level.BASIS.context_class in text
     assert f"s00000000:{BSN}" in text  # the DigiD NameID form for a --bsn SP
-    assert "given_names" in text and "Jansen" in text  # attributes released to the SP
+    assert "given_name" in text and "Jansen" in text  # attributes released to the SP
     page = submit(web, page, "/logout")
     assert page.status_code == 200 and page.url.startswith(live.portal_url + "/saml/sls")
     assert "LogoutResponse" in page.text
@@ -291,6 +291,13 @@ def test_demo_prints_the_portal_and_what_to_open(tmp_path: Path,
     assert "http://127.0.0.1:8100/apply" in text
     assert "demo.officer" in text and "TOTP secret" in text
     assert settings.issuer == "http://127.0.0.1:8100" and settings.environ[DEMO_FLAG] == "1"
+    # The demo turns the eIDAS route on (the shipped policies leave it off) and says where
+    # the simulated node and its test persons are.
+    assert "eIDAS node (sim):   http://127.0.0.1:8002/" in text
+    from gateway.policy import load_policies
+
+    assert load_policies(settings.policies_dir).routes.routes["eidas"].enabled
+    assert not load_policies(DEFAULT_POLICIES_DIR).routes.routes["eidas"].enabled
     # A second run re-registers the portal (idempotent).
     _settings, again, _url = prepare_demo("127.0.0.1", 8100, 8101)
     assert any("demo-portal" in line for line in again)

@@ -48,6 +48,7 @@ from gateway import audit, clock
 from gateway.accounts import totp
 from gateway.accounts.history import EventKind, record_event
 from gateway.accounts.models import Account, AccountCode, AccountStatus
+from gateway.accounts.number_limit import NumberFull, check_room
 from gateway.accounts.passwords import check_new_password
 from gateway.accounts.service import (
     AccountError,
@@ -323,12 +324,14 @@ def start_phone_change(
 ) -> PendingPhone:
     """Check the new number against the phone policy and send it a code.
 
-    Raises ChangeRefused (the same number), PhoneRejected, LimitExceeded, SendingUnavailable
-    (each with a `.message` for the person).
+    Raises ChangeRefused (the same number, or one with no room for another account:
+    gateway.accounts.number_limit), PhoneRejected, LimitExceeded, SendingUnavailable (each
+    with a `.message` for the person).
     """
     phone = parse_phone(raw_phone, get_policies(app).sms)
     if phone.e164 == account.phone_e164:
         raise ChangeRefused("same_phone", SAME_PHONE_MESSAGE)
+    _check_room(session, app, account, phone.e164)
     binding = PHONE_BINDING.format(account_id=account.id, nonce=secrets.token_urlsafe(12))
     # The SMS service runs transactions of its own; ours must not hold SQLite's write lock.
     session.commit()
@@ -338,6 +341,14 @@ def start_phone_change(
     )
     return PendingPhone(account_id=account.id, e164=phone.e164, channel=phone.channel.value,
                         binding=binding, started_at=clock.now())
+
+
+def _check_room(session: Session, app: Flask, account: Account, e164: str) -> None:
+    try:
+        check_room(session, get_policies(app).sms.max_accounts_per_number, e164,
+                   exclude=account.id)
+    except NumberFull as exc:
+        raise ChangeRefused(exc.code, exc.message) from None
 
 
 PHONE_NOTICE_REFUSED = lazy_gettext(
@@ -391,6 +402,8 @@ def finish_phone_change(
     """
     if not pending.live(account):
         raise ChangeRefused("expired", PHONE_CODE_GONE)
+    # Again: the number may have filled up since the code was sent; the code stays usable.
+    _check_room(session, app, account, pending.e164)
     session.commit()  # see start_phone_change
     # The old number's notice is counted against the SMS abuse limits before anything
     # changes, and a refusal refuses the change (the code stays usable): otherwise someone

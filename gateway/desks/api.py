@@ -111,7 +111,7 @@ class RejectIn(_In):
 
 class FourEyesPayload(_In):
     """What the action needs: reissue_activation {delivery, letter_address for a letter};
-    change_phone {phone}; unblock_account and link_eidas nothing."""
+    change_phone {phone}; link_eidas {link_code}; unblock_account nothing."""
 
     delivery: Literal["sms", "voice", "letter"] | None = None
     letter_address: list[Annotated[str, _text(60, 1)]] | None = Field(
@@ -119,6 +119,11 @@ class FourEyesPayload(_In):
     )
     phone: Annotated[str, _text(32, 1, r"^[0-9+() .-]*$")] | None = Field(
         default=None, description="The new phone number (change_phone only)."
+    )
+    link_code: Annotated[str, _text(64, 1, r"^[A-Za-z0-9 -]*$")] | None = Field(
+        default=None,
+        description="The link code the person got after logging in with a European eID"
+        " (link_eidas only); the request keeps a reference to the code, never the code.",
     )
 
 
@@ -209,6 +214,18 @@ class DecisionOut(_Out):
     state: Literal["submitted", "checked", "approved", "rejected", "expired"]
 
 
+class EidasLinkOut(_Out):
+    """What a link_eidas request's code says of the eID, to compare with the document."""
+
+    given_name: str
+    family_name: str
+    birthdate: str
+    country: str
+    code_expires_at: datetime
+    #: Where the eID differs from the account: "family_name", "birthdate".
+    mismatches: list[Literal["family_name", "birthdate"]]
+
+
 class FourEyesOut(_Out):
     id: str
     kind: FourEyesKind
@@ -218,6 +235,9 @@ class FourEyesOut(_Out):
     reason: str
     created_at: datetime
     decided_at: datetime | None
+    eidas_link: EidasLinkOut | None = Field(
+        default=None, description="For link_eidas: the eID's identity from the link code."
+    )
 
 
 class FourEyesListOut(_Out):
@@ -245,7 +265,7 @@ class SinceParam(BaseModel):
 SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
     DocumentCheckIn, ApproveIn, RejectIn, FourEyesIn, DecisionIn,
     ApplicationOut, CheckOut, ApprovalOut, DecisionOut, FourEyesOut, FourEyesListOut,
-    FourEyesDecisionOut,
+    FourEyesDecisionOut, EidasLinkOut,
 )
 
 
@@ -329,7 +349,13 @@ STATUS_OF_CODE: dict[str, int] = {
     "forbidden": 403,
     "same_person": 403,
     "other_desk": 403,
-    "not_available": 501,
+    "bad_code": 422,
+    "code_unknown": 422,
+    "code_expired": 410,
+    "code_used": 409,
+    "already_linked": 409,
+    "no_bsn": 409,
+    "account_not_active": 409,
 }
 TITLES = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
           410: "Gone", 415: "Unsupported Media Type", 422: "Unprocessable Content",
@@ -390,10 +416,19 @@ def _check_out(check: DocumentCheck, problems: tuple[DeskError, ...] | None = No
 
 
 def _four_eyes_out(item: FourEyesRequest) -> FourEyesOut:
+    from gateway.desks.eidas_link_desk import eidas_link_details
+
+    link = eidas_link_details(item)
+    pending = link["pending"] if link is not None else None
     return FourEyesOut(
         id=item.id, kind=FourEyesKind(item.kind), status=FourEyesStatus(item.status),
         desk=item.desk, object_ref=item.object_ref, reason=item.reason,
         created_at=item.created_at, decided_at=item.decided_at,
+        eidas_link=EidasLinkOut(
+            given_name=pending.given_name, family_name=pending.family_name,
+            birthdate=pending.birthdate, country=pending.country,
+            code_expires_at=pending.expires_at, mismatches=list(pending.mismatches),
+        ) if pending is not None else None,
     )
 
 

@@ -56,6 +56,7 @@ from flask import Flask, current_app
 from gateway import audit, clock
 from gateway import metrics as prometheus
 from gateway.accounts.models import Account, new_id
+from gateway.accounts.number_limit import NumberFull, check_room
 from gateway.accounts.passwords import Passwords, check_new_password
 from gateway.accounts.policy import PasswordPolicy, UsernamePolicy
 from gateway.db import Database, get_db
@@ -618,6 +619,9 @@ class ApplicationService:
         # the BSN already has an account.
         try:
             phone = parse_phone(valid.phone.e164, self.sms.policy)
+            # Before the SMS budget is spent on a desk code for an account that cannot be made.
+            with self.database.sessionmaker() as session:
+                check_room(session, self.sms.policy.max_accounts_per_number, phone.e164)
             self.sms.limiter.check_and_count(
                 e164=phone.e164,
                 region=phone.region,
@@ -625,7 +629,7 @@ class ApplicationService:
                 ip=ip,
                 segments=1 if phone.channel is Channel.VOICE else segments(text).count,
             )
-        except PhoneRejected as exc:
+        except (PhoneRejected, NumberFull) as exc:
             SUBMISSIONS.labels(outcome="invalid").inc()
             raise ApplicationRefused({"phone": exc.message}) from None
         except LimitExceeded as exc:

@@ -23,6 +23,7 @@ from gateway.web import csrf_exempt
 VIEW_MODULES: tuple[str, ...] = (
     "gateway.desks.auth",
     "gateway.desks.views",
+    "gateway.desks.eidas_link_desk",
     "gateway.desks.api",
     "gateway.desks.openapi",
 )

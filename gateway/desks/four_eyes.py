@@ -6,12 +6,16 @@ decides; approval executes the action in the same transaction as the decision:
 - `reissue_activation`: ends the account's live activation codes and issues a new one, sent by
   SMS, voice call or PDF letter (the letter is returned to the deciding supervisor to print);
 - `change_phone`: an active account gets a new phone number (checked against the phone policy
-  at request and again at decision); the new number gets a one-time code (purpose
+  and `max_accounts_per_number`, gateway.accounts.number_limit, at request and again at
+  decision); the new number gets a one-time code (purpose
   `phone_change`, bound to "account:<id>", so the login flow can confirm it: until then
   `phone_verified_at` is empty), and the old number a notice, so a hijacked change is noticed;
 - `unblock_account`: clears `blocked_until` and `failed_logins`;
-- `link_eidas`: accepted as a request, but executing it is refused with `not_available` until
-  the eIDAS issue provides the linking (the request stays pending; it can be refused).
+- `link_eidas`: links a foreign eID to the account (issue 8, item 4): the payload names the
+  link code the person got after logging in with the eID (gateway.desks.eidas_links); the
+  request keeps only the code's row id, never the code; the officer has compared the identity
+  document with the account and with the eID's name and date of birth (shown from the code,
+  mismatches marked); approval checks code, account and link again and writes the link.
 
 Why the desk must match: a supervisor vouches for what happened at their own counter; a
 supervisor elsewhere saw neither the person nor the document. A request older than
@@ -34,6 +38,9 @@ from sqlalchemy.orm import Session
 
 from gateway import clock
 from gateway.accounts.models import Account, AccountStatus
+from gateway.accounts.number_limit import NumberFull, check_room
+from gateway.desks import eidas_links
+from gateway.desks.eidas_links import LinkError
 from gateway.desks.models import (
     Application,
     FourEyesKind,
@@ -92,15 +99,15 @@ FOUR_EYES_MESSAGES: dict[str, Any] = {
     "other_desk": lazy_gettext(
         "Only a supervisor of the desk where the request was made can decide on it."
     ),
-    "not_available": lazy_gettext(
-        "Linking a foreign eID to an account is not available yet. Refuse this request or"
-        " leave it waiting."
-    ),
     "not_pending_activation": lazy_gettext(
         "This account is already activated (or closed): an activation code cannot be reissued."
     ),
     "not_active": lazy_gettext("The phone number can only be changed for an active account."),
     "same_phone": lazy_gettext("The new phone number is the same as the current one."),
+    "number_full": lazy_gettext(
+        "The new phone number is already in use for as many accounts as one number may have."
+        " Ask the account holder for another number."
+    ),
     "notice_refused": lazy_gettext(
         "The phone number has not been changed: the notice to the current number cannot be"
         " sent now (the limit of messages to that number or its country has been reached, or"
@@ -172,8 +179,23 @@ def _check_payload(
         if payload:
             raise _error("bad_payload", "payload")
         return {}
-    # link_eidas: what the eIDAS issue will need is not known yet; keep what was given.
-    return dict(payload)
+    # link_eidas: {"link_code": "K..."}; request_four_eyes turns it into the code's row id.
+    code = payload.get("link_code")
+    if set(payload) != {"link_code"} or not isinstance(code, str) or len(code) > 64:
+        raise _error("bad_payload", "link_code")
+    return {"link_code": code}
+
+
+def _check_room(session: Session, policies: Policies, account: Account, e164: str) -> None:
+    """`number_full` when the new number already serves as many accounts as one may."""
+    try:
+        check_room(session, policies.sms.max_accounts_per_number, e164, exclude=account.id)
+    except NumberFull:
+        raise _error("number_full", "phone") from None
+
+
+def _link_error(exc: LinkError) -> DeskError:
+    return DeskError(exc.code, exc.message, "link_code")
 
 
 def request_four_eyes(
@@ -191,8 +213,9 @@ def request_four_eyes(
 
     Payloads: reissue_activation {"delivery": "sms"|"voice"|"letter", "letter_address":
     [lines] for a letter}; change_phone {"phone": "+..."}; unblock_account {};
-    link_eidas {...}. Pass `policies` to have a new phone number checked now (it is checked at
-    the decision in any case). `settings` defaults to the current app's (for the audit chain).
+    link_eidas {"link_code": "K..."}. Pass `policies` to have a new phone number checked now
+    (it is checked at the decision in any case). `settings` defaults to the current app's
+    (for the audit chain).
     """
     from gateway.desks.service import require_role
 
@@ -206,6 +229,17 @@ def request_four_eyes(
         raise _error("bad_reason", "reason")
     account = _account_for(session, object_ref)
     clean_payload = _check_payload(action, payload, policies)
+    if action is FourEyesKind.LINK_EIDAS:
+        try:
+            link = eidas_links.pending_link(
+                session, settings or _current_settings(), account, clean_payload["link_code"]
+            )
+        except LinkError as exc:
+            raise _link_error(exc) from None
+        # Never the code itself in the request (the table's rule): its row.
+        clean_payload = {"link_code_id": link.code_id}
+    if action is FourEyesKind.CHANGE_PHONE and policies is not None:
+        _check_room(session, policies, account, clean_payload["phone"])
     ref = f"account:{account.id}"
     pending = session.scalar(
         sa.select(FourEyesRequest.id).where(
@@ -266,8 +300,8 @@ def decide_four_eyes(
 ) -> FourEyesOutcome:
     """Approve (and execute) or refuse a pending request. Refusals, nothing written:
     `forbidden` (not a supervisor), `request_not_found`, `request_decided`, `other_desk`,
-    `same_person`, `request_expired`, and the action's own (`not_available`,
-    `not_pending_activation`, `not_active`, `phone_unusable`, `same_phone`, ...)."""
+    `same_person`, `request_expired`, and the action's own (`code_used`, `already_linked`,
+    `no_bsn`, ..., `not_pending_activation`, `not_active`, `phone_unusable`, `same_phone`, ...)."""
     from gateway.app import get_policies
 
     if not isinstance(supervisor, StaffAccount) or not supervisor.active or (
@@ -309,8 +343,6 @@ def decide_four_eyes(
     if now - request.created_at > REQUEST_VALIDITY:
         raise _error("request_expired")
     kind = FourEyesKind(request.kind)
-    if kind is FourEyesKind.LINK_EIDAS:
-        raise _error("not_available")
     policies = get_policies(app)
     account = _account_for(session, request.object_ref)
     payload = dict(request.payload or {})
@@ -334,6 +366,8 @@ def decide_four_eyes(
         session.commit()
         return FourEyesOutcome(request_id=request.id, status=request.status)
 
+    if kind is FourEyesKind.LINK_EIDAS:
+        return _link_eidas(session, settings, supervisor, request, account, payload)
     if kind is FourEyesKind.REISSUE_ACTIVATION:
         return _reissue(session, settings, app, policies, supervisor, request, account, payload)
     return _change_phone(session, settings, app, policies, supervisor, request, account, payload)
@@ -393,6 +427,36 @@ def _reissue(
     )
 
 
+def _link_eidas(
+    session: Session,
+    settings: Settings,
+    supervisor: StaffAccount,
+    request: FourEyesRequest,
+    account: Account,
+    payload: dict[str, Any],
+) -> FourEyesOutcome:
+    code_id = payload.get("link_code_id")
+    if not isinstance(code_id, str):
+        raise _error("bad_payload", "link_code")
+    try:
+        eidas_links.execute_link(
+            session, settings, account=account, code_id=code_id, supervisor_id=supervisor.id,
+            request_id=request.id,
+        )
+    except LinkError as exc:
+        raise _link_error(exc) from None
+    audit_record(
+        session, settings, staff=supervisor, action="eidas_link.code_used",
+        object_ref=f"eidas_link_code:{code_id}", outcome="success",
+    )
+    audit_record(
+        session, settings, staff=supervisor, action="account.eidas_linked",
+        object_ref=f"account:{account.id}", outcome="success",
+    )
+    session.commit()
+    return FourEyesOutcome(request_id=request.id, status=request.status)
+
+
 _NOTICE = {
     "en": (
         "Abroad Gateway: the phone number of your account was changed at a desk. If you did"
@@ -431,6 +495,7 @@ def _change_phone(
         raise DeskError("phone_unusable", exc.message, "phone") from None
     if new_phone.e164 == account.phone_e164:
         raise _error("same_phone", "phone")
+    _check_room(session, policies, account, new_phone.e164)
     old_e164, old_channel = account.phone_e164, account.phone_channel
     notice_text = _NOTICE[message_language(account.language)].format(
         issuer=settings.issuer.rstrip("/")

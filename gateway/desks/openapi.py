@@ -55,11 +55,10 @@ _ERROR_TEXT = {
     "403": "The staff member's role (or desk) may not do this.",
     "404": "No such application or request (or an unknown desk code).",
     "409": "The application or request is not in a state that allows this.",
-    "410": "The desk code has expired.",
+    "410": "The desk code (or the link code of a European eID) has expired.",
     "413": "The body is larger than the gateway accepts.",
     "415": "The body is not application/json.",
     "422": "The body has the wrong fields or types, or the service refused the input.",
-    "501": "The action is not available yet.",
 }
 
 
@@ -161,7 +160,7 @@ def _paths() -> dict[str, Any]:
                 "requestBody": _body(api.FourEyesIn),
                 "responses": {
                     "201": _json("The request waits for a supervisor.", api.FourEyesOut),
-                    **_errors("404", "409", *_BODY_ERRORS),
+                    **_errors("404", "409", "410", *_BODY_ERRORS),
                 },
             },
         },
@@ -173,7 +172,7 @@ def _paths() -> dict[str, Any]:
                 "requestBody": _body(api.DecisionIn),
                 "responses": {
                     "200": _json("Decided.", api.FourEyesDecisionOut),
-                    **_errors("404", "409", "501", *_BODY_ERRORS),
+                    **_errors("404", "409", "410", *_BODY_ERRORS),
                 },
             },
         },

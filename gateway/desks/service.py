@@ -44,6 +44,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway import audit, clock
+from gateway.accounts import number_limit
 from gateway.accounts.models import Account, AccountCode, AccountCodeKind, AccountStatus
 from gateway.desks.applications import ApplicationState, transition
 from gateway.desks.codes import (
@@ -185,6 +186,11 @@ MESSAGES: dict[str, Any] = {
     ),
     "other_desk": lazy_gettext("You can only see the audit trail of your own desk."),
     "bad_since": lazy_gettext("Enter the start of the period as a date and time."),
+    "number_full": lazy_gettext(
+        "This phone number is already in use for as many accounts as one number may have,"
+        " so no account can be made with it. Reject the application; the applicant can apply"
+        " again with another phone number."
+    ),
 }
 
 
@@ -732,7 +738,8 @@ def approve(
     `register` defaults to the operators' table (TableRegister). Refusals, nothing written:
     `forbidden`, `bad_delivery`, `not_found`, `used_code`, `expired_code`, `check_required`,
     `phone_unusable`, `bad_address`, `address_characters`, `not_registered`,
-    `not_non_resident`, `account_exists`, `username_taken`, `sms_limited`,
+    `not_non_resident`, `account_exists`, `username_taken`, `number_full` (the phone number
+    already serves policies/sms.yaml's max_accounts_per_number accounts), `sms_limited`,
     `sms_unavailable` (the SMS abuse limits refused the code; checked before anything is
     written, so the officer can choose a letter instead).
     """
@@ -756,6 +763,10 @@ def approve(
         sa.select(Account.id).where(Account.username_key == application.username_key)
     ) is not None:
         raise error("username_taken")
+    if number_limit.accounts_on_number(session, application.phone_e164) >= (
+        policies.sms.max_accounts_per_number
+    ):
+        raise error("number_full")
     if phone is not None:
         count_activation_send(settings, app, phone=phone, delivery=delivery,
                               language=application.language, account_id=None)

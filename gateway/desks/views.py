@@ -63,6 +63,12 @@ FOUR_EYES_KINDS = {
     FourEyesKind.CHANGE_PHONE.value: lazy_gettext("Change the phone number"),
     FourEyesKind.UNBLOCK_ACCOUNT.value: lazy_gettext("Unblock the account"),
 }
+#: How the four-eyes list names every kind; link_eidas is requested on its own page
+#: (gateway.desks.eidas_link_desk), where the eID is compared with the document first.
+FOUR_EYES_LABELS = {
+    **FOUR_EYES_KINDS,
+    FourEyesKind.LINK_EIDAS.value: lazy_gettext("Link a European eID to the account"),
+}
 STATES = {
     "submitted": lazy_gettext("Submitted: waiting for a document check"),
     "checked": lazy_gettext("Checked: the document check passed"),
@@ -289,7 +295,7 @@ def four_eyes_list() -> Any:
     staff = current_staff()
     items = four_eyes.pending_four_eyes(db.session(), staff=staff)
     return render_template(
-        "desk/four_eyes.html", items=items, kinds=FOUR_EYES_KINDS,
+        "desk/four_eyes.html", items=items, kinds=FOUR_EYES_LABELS,
         can_decide=staff.role == SUPERVISOR, notice=_notice(),
     )
 
@@ -360,7 +366,7 @@ def four_eyes_decision(request_id: str) -> Any:
         s.rollback()
         return render_template(
             "desk/four_eyes.html", items=four_eyes.pending_four_eyes(s, staff=current_staff()),
-            kinds=FOUR_EYES_KINDS, can_decide=True, errors={"requests": str(exc.message)},
+            kinds=FOUR_EYES_LABELS, can_decide=True, errors={"requests": str(exc.message)},
         ), 422
     if outcome.letter_pdf is not None:
         return render_template(

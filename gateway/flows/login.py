@@ -1,5 +1,6 @@
 """The login flow: one persisted state machine between relying parties and identity routes
-(issue 5, item 3; ARCHITECTURE.md habit 1, modelled on ory/kratos' self-service login flow).
+(issue 5, item 3; issue 8, item 1; ARCHITECTURE.md habit 1, modelled on ory/kratos'
+self-service login flow).
 
 States and allowed moves (`TRANSITIONS`)::
 
@@ -8,22 +9,35 @@ States and allowed moves (`TRANSITIONS`)::
     started -----+--> password            |       +--> second_factor ---+--> done
        |  |                               +-----------------------------^
        |  +--> choose_factor / second_factor   (SSO step-up: no password)
-       |  +--> done                            (SSO reuse: no interaction)
-       |
+       +-----> done                            (SSO reuse: no interaction)
+
+    choose_route --> external --> done         (an external route's identity provider answered)
+                        |
+                        +--> choose_route      ("choose another way": nothing came back)
+
     every state that is not final --> failed | expired        (final: done, failed, expired)
 
 - `started`: the relying party's request (`RpRequest`) and the level to log in at are kept.
   `begin()` decides: reuse a usable SSO session that is high enough (unless force_authn or
-  max_age says otherwise), step up an SSO session at basis to midden with only the second
-  factor, refuse a passive request that would need the person (`login_required`), refuse an
-  essential level no route reaches (`level_unavailable`), or ask for the password.
+  max_age says otherwise), step up an SSO session of an account route at basis to midden with
+  only the second factor, refuse a passive request that would need the person
+  (`login_required`), refuse an essential level no route reaches (`level_unavailable`), ask
+  for the password when the one route on offer is an account route, or else let the person
+  choose (`gateway.flows.routes.routes_for`). An SSO session from an external route is reused
+  when its level is enough and never stepped up with an account's factors.
+- `choose_route`: the enabled routes that can reach an acceptable level, one form each.
 - `password`: username and password (`gateway.accounts.service.check_password`). Basis is
   done here; midden and higher need a second factor.
 - `choose_factor`: the person picks SMS/voice or the authenticator app when both exist.
 - `second_factor`: a code by SMS or voice (`gateway.sms.service`, purpose `login`, bound to
   this flow's id, so a code of another flow or purpose never works here) or a TOTP code.
+- `external`: an external route (`IdentityRoute.kind == "external"`, e.g. eIDAS) sent the
+  browser to its identity provider; its own blueprint ends the flow with
+  `complete_external(identity)` (done) or `fail_external(code)` (failed), or the person
+  chooses another way (back to `choose_route`; a late answer then finds the flow elsewhere).
 - `done`: an SSO session is established or raised (`gateway.flows.sessions`), and the browser
-  goes back to the relying party's `resume_url`.
+  goes back to the relying party's `resume_url`. The flow row keeps the subject key and the
+  attributes (sealed) of an external login for `finish()`.
 
 `transition()` is the only way to change a state. It refuses a move not in the table
 (`IllegalTransition`) and refuses every move out of a flow past its `expires_at` (moving it to
@@ -64,10 +78,25 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from gateway import clock
 from gateway.accounts.models import Account
+from gateway.crypto import SealError, seal, unseal
 from gateway.db import Base, UTCDateTime
 from gateway.flows import sessions as sso
-from gateway.flows.routes import DESK_ACCOUNT, ROUTES, SecondFactor, reachable_levels
-from gateway.flows.types import AuthnError, AuthnResult, ErrorCode, RpRequest
+from gateway.flows.routes import (
+    KIND_ACCOUNT,
+    KIND_EXTERNAL,
+    IdentityRoute,
+    SecondFactor,
+    acceptable,
+    get_registry,
+)
+from gateway.flows.types import (
+    AuthnError,
+    AuthnResult,
+    ErrorCode,
+    RouteIdentity,
+    RpProtocol,
+    RpRequest,
+)
 from gateway.levels import Level
 from gateway.policy import Policies
 from gateway.settings import Settings
@@ -91,6 +120,9 @@ class FlowState(StrEnum):
     PASSWORD = "password"  # noqa: S105 - a state name
     CHOOSE_FACTOR = "choose_factor"
     SECOND_FACTOR = "second_factor"
+    #: An external route sent the browser to its identity provider; the answer comes back
+    #: through the route's own blueprint (complete_external / fail_external).
+    EXTERNAL = "external"
     DONE = "done"
     FAILED = "failed"
     EXPIRED = "expired"
@@ -103,7 +135,9 @@ TRANSITIONS: Mapping[FlowState, frozenset[FlowState]] = {
         {S.CHOOSE_ROUTE, S.PASSWORD, S.CHOOSE_FACTOR, S.SECOND_FACTOR, S.DONE, S.FAILED,
          S.EXPIRED}
     ),
-    S.CHOOSE_ROUTE: frozenset({S.PASSWORD, S.FAILED, S.EXPIRED}),
+    S.CHOOSE_ROUTE: frozenset({S.PASSWORD, S.EXTERNAL, S.FAILED, S.EXPIRED}),
+    # Back to choose_route: "choose another way" while nothing came back.
+    S.EXTERNAL: frozenset({S.DONE, S.FAILED, S.EXPIRED, S.CHOOSE_ROUTE}),
     S.PASSWORD: frozenset({S.CHOOSE_FACTOR, S.SECOND_FACTOR, S.DONE, S.FAILED, S.EXPIRED}),
     S.CHOOSE_FACTOR: frozenset({S.SECOND_FACTOR, S.FAILED, S.EXPIRED}),
     S.SECOND_FACTOR: frozenset({S.CHOOSE_FACTOR, S.DONE, S.FAILED, S.EXPIRED}),
@@ -157,6 +191,12 @@ class LoginFlow(Base):
     account_id: Mapped[str | None] = mapped_column(
         sa.ForeignKey("accounts.id", ondelete="CASCADE"), default=None
     )
+    #: Who logged in, per route ("eidas:<hex>"); None for a desk-account login, whose key
+    #: is "account:<account_id>".
+    subject_key: Mapped[str | None] = mapped_column(sa.String(80), default=None)
+    #: The person's attributes from an external route, sealed (gateway.crypto, purpose
+    #: ATTRIBUTES_PURPOSE) as a JSON object; None when there are none.
+    attributes: Mapped[str | None] = mapped_column(sa.Text, default=None)
     #: True when the password step was skipped because an SSO session vouched for it.
     step_up: Mapped[bool] = mapped_column(sa.Boolean, default=False)
     factor: Mapped[str | None] = mapped_column(sa.String(8), default=None)
@@ -177,7 +217,15 @@ class LoginFlow(Base):
 
     @property
     def request(self) -> RpRequest:
-        return RpRequest.from_json(self.rp_request)
+        # Parsed once per loaded row (pages and views read it several times per request);
+        # the cache is keyed by the stored JSON, so a changed row is parsed again.
+        raw = self.rp_request
+        cached = self.__dict__.get("_request_cache")
+        if cached is None or cached[0] != raw:
+            cached = (raw, RpRequest.from_json(raw))
+            self.__dict__["_request_cache"] = cached
+        parsed: RpRequest = cached[1]
+        return parsed
 
     @property
     def level(self) -> Level:
@@ -251,17 +299,27 @@ def _move(
     if unknown or {"id", "state"} & set(changes):
         raise ValueError(f"not a flow field one may set: {sorted(unknown or changes)}")
     values = {**changes, "state": target.value, "updated_at": now}
-    moved = db.execute(
+    # On the session's connection: the ORM's execution layer costs more CPU than the UPDATE.
+    moved = db.connection().execute(
         sa.update(LoginFlow)
         .where(LoginFlow.id == flow.id, LoginFlow.state == current.value)
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    if moved.rowcount != 1:  # type: ignore[attr-defined]
+    if moved.rowcount != 1:
         raise IllegalTransition(current.value, target.value)
     for name, value in values.items():
         # Committed values: the ORM must not write them a second time at flush.
         set_committed_value(flow, name, value)
+
+
+def ensure_alive(db: Session, flow: LoginFlow) -> None:
+    """FlowExpired (moving the flow to `expired`, which the caller commits) when the flow is
+    past its lifetime: checked before a login writes anything else (an SSO session), so an
+    expired flow leaves nothing behind."""
+    if is_expired(flow) and flow.flow_state not in FINAL_STATES:
+        transition(db, flow, FlowState.EXPIRED, error=ErrorCode.EXPIRED.value)
+        raise FlowExpired("login flow expired")
 
 
 def update_flow(db: Session, flow: LoginFlow, **changes: Any) -> None:
@@ -291,26 +349,48 @@ def sso_satisfies_freshness(row: sso.SsoSession, request: RpRequest, now: dateti
     return request.max_age is None or now - row.auth_time <= timedelta(seconds=request.max_age)
 
 
+def sso_route(row: sso.SsoSession, request: RpRequest) -> IdentityRoute | None:
+    """The route of an SSO session when it may vouch for `request`: an enabled route the
+    relying party may use (the "self" pages: account routes only)."""
+    route = get_registry().get(row.route)
+    if route is None:
+        return None
+    if request.protocol is RpProtocol.SELF and request.rp_id == "self" and (
+        route.kind != KIND_ACCOUNT
+    ):
+        return None
+    return route
+
+
 def begin(db: Session, settings: Settings, policies: Policies, flow: LoginFlow) -> None:
     """Decide the first move of a `started` flow (see the module docstring). A step-up that
-    lands on the SMS/voice page sends nothing yet: the person asks for the code."""
+    lands on the SMS/voice page sends nothing yet: the person asks for the code.
+
+    An SSO session from an external route is reused when its level is enough; it is never
+    stepped up with an account's factors (the person chooses a route again instead).
+    """
+    registry = get_registry()
     request = flow.request
     level = flow.level
-    target = request.target(reachable_levels())
+    target = request.target(registry.reachable_levels(request))
     row = sso.current_sso(db, settings, policies.accounts.session)
     now = clock.now()
     if target is None:
         fail(db, flow, ErrorCode.LEVEL_UNAVAILABLE)
         return
-    if row is not None and row.route in ROUTES and sso_satisfies_freshness(row, request, now):
+    route = sso_route(row, request) if row is not None else None
+    if row is not None and route is not None and sso_satisfies_freshness(row, request, now):
         if row.level >= int(level):
             reuse(db, flow, row)
             return
-        route = ROUTES[row.route]
         account = db.get(Account, row.account_id) if row.account_id else None
-        if not request.passive and account is not None and level in route.levels:
+        if (
+            not request.passive and account is not None and route.kind == KIND_ACCOUNT
+            and level in route.levels
+        ):
+            account_route = registry.account_route(route.name)
             # Step-up: the SSO session already proved the password; only the factor is new.
-            if route.factors(db, settings, account):
+            if account_route.factors(db, settings, account):
                 after_first_factor(
                     db, settings, policies, flow, account, step_up=True,
                     proven=row.amr_values,
@@ -323,10 +403,13 @@ def begin(db: Session, settings: Settings, policies: Policies, flow: LoginFlow) 
     if request.passive:
         fail(db, flow, ErrorCode.LOGIN_REQUIRED)
         return
-    candidates = [r for r in ROUTES.values() if level in r.levels]
-    if len(candidates) == 1:
+    candidates = registry.routes_for(request, level)
+    if not candidates:
+        fail(db, flow, ErrorCode.LEVEL_UNAVAILABLE)
+    elif len(candidates) == 1 and candidates[0].kind == KIND_ACCOUNT:
         transition(db, flow, FlowState.PASSWORD, route=candidates[0].name)
     else:
+        # Also for a single external route: the person picks its options (a country).
         transition(db, flow, FlowState.CHOOSE_ROUTE)
 
 
@@ -336,6 +419,7 @@ def reuse(db: Session, flow: LoginFlow, row: sso.SsoSession) -> None:
     sso.use(row, flow.rp_id)
     transition(
         db, flow, FlowState.DONE, route=row.route, account_id=row.account_id,
+        subject_key=row.subject_key, attributes=row.attributes,
         level_reached=row.level, amr=row.amr, auth_time=row.auth_time, sso_session_id=row.id,
     )
     if row.account_id is not None:
@@ -343,11 +427,27 @@ def reuse(db: Session, flow: LoginFlow, row: sso.SsoSession) -> None:
         _record_history(db, row.account_id, flow, Level(row.level), "sso")
 
 
-def choose_route(db: Session, flow: LoginFlow, name: str) -> None:
-    route = ROUTES.get(name)
-    if route is None or flow.level not in route.levels:
+def choose_route(db: Session, flow: LoginFlow, name: str) -> IdentityRoute:
+    """The person picked a route on the choose-route page: an account route goes on to the
+    password page, an external one to `external` (the caller then calls its `start`).
+    Refused (IllegalTransition) for a route this flow does not offer."""
+    registry = get_registry()
+    route = registry.get(name)
+    if route is None or route not in registry.routes_for(flow.request, flow.level):
         raise IllegalTransition(flow.state, "route:" + str(name)[:40])
-    transition(db, flow, FlowState.PASSWORD, route=route.name)
+    if route.kind == KIND_EXTERNAL:
+        transition(db, flow, FlowState.EXTERNAL, route=route.name)
+    else:
+        transition(db, flow, FlowState.PASSWORD, route=route.name)
+    return route
+
+
+def choose_again(db: Session, flow: LoginFlow) -> None:
+    """"Choose another way" while an external route has not answered: back to choose_route.
+    A late answer to the abandoned attempt then finds the flow no longer `external`."""
+    if flow.flow_state is not FlowState.EXTERNAL:
+        raise IllegalTransition(flow.state, FlowState.CHOOSE_ROUTE.value)
+    transition(db, flow, FlowState.CHOOSE_ROUTE, route=None)
 
 
 def after_first_factor(
@@ -369,7 +469,7 @@ def after_first_factor(
     if "pwd" not in amr:
         amr.append("pwd")
     amr_json = json.dumps(amr)
-    route = ROUTES[flow.route or DESK_ACCOUNT.name]
+    route = get_registry().account_route(flow.route)
     if flow.level <= route.password_level:
         complete(db, settings, policies, flow, account=account, level=route.password_level,
                  amr=amr_json)
@@ -397,7 +497,7 @@ def choose_factor(
 ) -> SecondFactor:
     """The person picked a method (from choose_factor, or "another method" from the code
     page). Refused when the account cannot use it."""
-    route = ROUTES[flow.route or DESK_ACCOUNT.name]
+    route = get_registry().account_route(flow.route)
     available = route.factors(db, settings, account)
     try:
         chosen = SecondFactor(factor)
@@ -435,7 +535,8 @@ def complete(
     """Move to `done` and record the login in this browser's SSO session (a new one, or
     the same person's raised). The relying party gets what THIS flow proved (its level,
     methods and time), not more. The caller regenerates the Flask session id."""
-    route = ROUTES[flow.route or DESK_ACCOUNT.name]
+    route = get_registry().account_route(flow.route)
+    ensure_alive(db, flow)
     now = clock.now()
     existing = sso.current_sso(db, settings, policies.accounts.session)
     row = sso.establish(
@@ -453,6 +554,88 @@ def complete(
     _record_history(db, account.id, flow, level, method)
 
 
+#: gateway.crypto purpose of the sealed attributes in flow and SSO rows.
+ATTRIBUTES_PURPOSE = "login-attributes"
+
+
+def seal_attributes(settings: Settings, attributes: Mapping[str, str]) -> str | None:
+    """The attributes sealed for a flow or SSO row (None when there are none)."""
+    if not attributes:
+        return None
+    return seal(settings, ATTRIBUTES_PURPOSE, json.dumps(dict(attributes), sort_keys=True))
+
+
+def open_attributes(settings: Settings, sealed: str | None) -> dict[str, str]:
+    """The attributes of a flow or SSO row; SealError when they cannot be opened."""
+    if not sealed:
+        return {}
+    data = json.loads(unseal(settings, ATTRIBUTES_PURPOSE, sealed))
+    if not isinstance(data, dict):
+        raise SealError("sealed attributes are not an object")
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def complete_external(
+    db: Session,
+    settings: Settings,
+    policies: Policies,
+    flow: LoginFlow,
+    identity: RouteIdentity,
+) -> None:
+    """An external route's identity provider vouched for the person: establish (or replace)
+    this browser's SSO session and move the flow to `done`, keeping the subject key and the
+    sealed attributes on the flow row for `finish()`.
+
+    IllegalTransition when the flow is not `external` (a late or second answer) or
+    `identity` comes from another route than the flow's; FlowExpired past the flow's
+    lifetime. A level below the flow's, one the request does not accept, or one the route
+    cannot reach fails the flow (`level_unavailable`) and returns: the relying party gets
+    its error. The caller commits, regenerates the session id and redirects to
+    `url_for("login.flow", flow_id=flow.id)`.
+    """
+    if flow.flow_state is not FlowState.EXTERNAL:
+        raise IllegalTransition(flow.state, FlowState.DONE.value)
+    route = get_registry().get(flow.route)
+    if route is None or route.kind != KIND_EXTERNAL:
+        raise IllegalTransition(flow.state, "route:" + str(flow.route)[:40])
+    ensure_alive(db, flow)
+    level = identity.level
+    if level not in route.levels or not acceptable(flow.request, flow.level, level):
+        log.info("external login at %s refused for a flow at %s", level.label, flow.level.label)
+        fail(db, flow, ErrorCode.LEVEL_UNAVAILABLE)
+        return
+    now = clock.now()
+    # The provider's clock may run ahead of ours; a login is never in the future.
+    auth_time = min(identity.auth_time or now, now)
+    sealed = seal_attributes(settings, identity.attributes)
+    amr_json = json.dumps(list(identity.amr))
+    existing = sso.current_sso(db, settings, policies.accounts.session)
+    row = sso.establish(
+        db, settings, existing=existing, account_id=identity.account_id,
+        subject_key=identity.subject_key, route=route.name, level=level, amr=identity.amr,
+        auth_time=auth_time, attributes=sealed,
+    )
+    sso.use(row, flow.rp_id)
+    db.flush()
+    transition(
+        db, flow, FlowState.DONE, route=route.name, account_id=identity.account_id,
+        subject_key=identity.subject_key, attributes=sealed, level_reached=int(level),
+        amr=amr_json, auth_time=auth_time, sso_session_id=row.id,
+    )
+    if identity.account_id is not None:
+        _record_history(db, identity.account_id, flow, level, route.name)
+
+
+def fail_external(db: Session, flow: LoginFlow, code: ErrorCode) -> None:
+    """The external route's identity provider answered with an error: `cancelled` when the
+    person stopped there, `failed` otherwise. IllegalTransition when the flow is not
+    `external`. The route then shows its own page with a button to `resume_location(flow)`
+    (or redirects there); the relying party gets its protocol's error."""
+    if flow.flow_state is not FlowState.EXTERNAL:
+        raise IllegalTransition(flow.state, FlowState.FAILED.value)
+    fail(db, flow, ErrorCode(code))
+
+
 def _record_history(
     db: Session, account_id: str, flow: LoginFlow, level: Level, method: str
 ) -> None:
@@ -468,6 +651,92 @@ def _record_history(
 # --- the API for protocol modules ----------------------------------------------------------
 
 
+def reuse_at_once(
+    db: Session, settings: Settings, policies: Policies, rp_request: RpRequest
+) -> AuthnResult | None:
+    """Single sign-on without a flow (issue 6, "Performance"; used by the OIDC authorization
+    endpoint): when this browser's SSO session plainly vouches for `rp_request` without
+    asking anything, the result that `start_login` -> `begin` (reuse) -> `finish` would
+    hand out, at once: no flow row, no redirect hop, one joined read instead of ORM loads.
+
+    Only that clear case is decided here, with the same tests as `begin` and
+    `sso.current_sso`; None for anything else (no session or an unusable one, a level it
+    does not reach, force_authn, max_age, a route the request may not use, attributes that
+    cannot be opened): the caller then starts a normal flow, and `begin` decides with the
+    full rules (and ends a session that expired). The session's use (as `sso.use`) and the
+    owner's usage history (as `reuse`) are added to the caller's transaction; the caller
+    commits.
+    """
+    target = rp_request.target(get_registry().reachable_levels(rp_request))
+    token = flask_session.get(sso.SESSION_KEY)
+    if target is None or not isinstance(token, str) or len(token) > 100:
+        return None
+    sessions_t: sa.Table = sso.SsoSession.__table__  # type: ignore[assignment]
+    accounts_t: sa.Table = Account.__table__  # type: ignore[assignment]
+    # A Row with the session's columns and the account's status and blocked_until: it
+    # answers the same attribute reads as the ORM objects the helpers below take.
+    row: Any = db.execute(
+        sa.select(sessions_t, accounts_t.c.status, accounts_t.c.blocked_until)
+        .outerjoin(accounts_t, accounts_t.c.id == sessions_t.c.account_id)
+        .where(sessions_t.c.id == sso.token_id(settings, token))
+    ).one_or_none()
+    now = clock.now()
+    if (
+        row is None or row.ended_at is not None
+        or sso.expiry_reason(row, policies.accounts.session, now) is not None
+        or (row.account_id is not None and not sso._account_usable(row, now))
+        or sso_route(row, rp_request) is None
+        or not sso_satisfies_freshness(row, rp_request, now)
+        or row.level < int(target)
+    ):
+        return None
+    try:
+        attributes = open_attributes(settings, row.attributes)
+    except SealError:
+        return None
+    rps = list(json.loads(row.rps))
+    if rp_request.rp_id not in rps and len(rps) < sso.MAX_RPS:
+        rps.append(rp_request.rp_id)
+    used = db.execute(
+        sa.update(sessions_t)
+        .where(sessions_t.c.id == row.id, sessions_t.c.ended_at.is_(None))
+        .values(last_seen_at=now, rps=json.dumps(rps))
+    )
+    if used.rowcount != 1:  # type: ignore[attr-defined]
+        return None  # ended meanwhile (a logout in another tab)
+    if row.account_id is not None:
+        _record_sso_event(db, row.account_id, rp_request.rp_id, Level(row.level))
+    return AuthnResult(
+        subject_key=row.subject_key or f"account:{row.account_id}",
+        account_id=row.account_id,
+        route=row.route,
+        level=Level(row.level),
+        amr=tuple(json.loads(row.amr)),
+        auth_time=row.auth_time,
+        sso_session_id=row.id,
+        attributes=attributes,
+    )
+
+
+def _record_sso_event(db: Session, account_id: str, rp_id: str, level: Level) -> None:
+    """`_record_history(..., "sso")` as one Core INSERT (no unit-of-work flush)."""
+    import uuid
+
+    from gateway.accounts import history
+
+    events_t: sa.Table = history.AccountEvent.__table__  # type: ignore[assignment]
+    db.execute(
+        sa.insert(events_t),
+        {
+            "id": str(uuid.uuid4()), "account_id": account_id, "at": clock.now(),
+            "kind": history.EventKind.LOGIN.value,
+            "service": history._clip(rp_id, history.MAX_SERVICE),
+            "level": history._clip(level.label, history.MAX_LEVEL),
+            "route": history._clip("sso", history.MAX_ROUTE),
+        },
+    )
+
+
 def start_login(rp_request: RpRequest) -> BaseResponse:
     """Start a login for `rp_request` in this browser; returns the redirect into the flow.
 
@@ -476,7 +745,7 @@ def start_login(rp_request: RpRequest) -> BaseResponse:
     """
     from gateway import db as database
 
-    target = rp_request.target(reachable_levels()) or rp_request.minimum
+    target = rp_request.target(get_registry().reachable_levels(rp_request)) or rp_request.minimum
     s = database.session()
     flow = create_flow(s, rp_request, target)
     s.commit()
@@ -529,23 +798,35 @@ def finish(flow_id: str) -> AuthnResult:
             state = flow.flow_state
         code = ErrorCode(flow.error) if state in FINAL_STATES and flow.error else ErrorCode.FAILED
         raise LoginError(AuthnError(code, request), f"login flow is {state.value}")
-    taken = s.execute(
+    taken = s.connection().execute(
         sa.update(LoginFlow)
         .where(LoginFlow.id == flow.id, LoginFlow.finished_at.is_(None))
         .values(finished_at=clock.now())
         .execution_options(synchronize_session=False)
     )
     s.commit()
-    if taken.rowcount != 1:  # type: ignore[attr-defined]
+    if taken.rowcount != 1:
         raise LoginError(None, "login result already taken")
     assert flow.level_reached is not None and flow.auth_time is not None and flow.route
+    try:
+        attributes = open_attributes(_settings(), flow.attributes)
+    except SealError:
+        # Sealed under another secret key (rotated mid-login): no login without them.
+        log.warning("login flow attributes cannot be opened")
+        raise LoginError(AuthnError(ErrorCode.FAILED, request), "attributes unreadable") from None
     return AuthnResult(
-        subject_key=f"account:{flow.account_id}",
+        subject_key=flow.subject_key or f"account:{flow.account_id}",
         account_id=flow.account_id,
         route=flow.route,
         level=Level(flow.level_reached),
         amr=flow.amr_values,
         auth_time=flow.auth_time,
         sso_session_id=flow.sso_session_id,
-        attributes={},
+        attributes=attributes,
     )
+
+
+def _settings() -> Settings:
+    from gateway.app import get_settings
+
+    return get_settings()

@@ -83,6 +83,9 @@ class SsoSession(Base):
     end_reason: Mapped[str | None] = mapped_column(sa.String(16), default=None)
     #: JSON list of relying-party ids that received a login from this session.
     rps: Mapped[str] = mapped_column(sa.Text, default="[]")
+    #: The person's attributes from an external route, sealed (gateway.flows.login,
+    #: ATTRIBUTES_PURPOSE); None for desk-account logins.
+    attributes: Mapped[str | None] = mapped_column(sa.Text, default=None)
 
     @property
     def level_value(self) -> Level:
@@ -178,6 +181,7 @@ def establish(
     level: Level,
     amr: tuple[str, ...],
     auth_time: datetime,
+    attributes: str | None = None,
 ) -> SsoSession:
     """Record a completed authentication in this browser's SSO session.
 
@@ -187,9 +191,14 @@ def establish(
     its higher level and the time that level was proven, so a later max_age check for that
     level is not fooled. Anyone else: the old session ends and a new one starts. The caller
     regenerates the Flask session id.
+
+    `attributes` (sealed, from an external route) replace the row's: the newest login's
+    statement about the person is the one to pass on.
     """
     if existing is not None and existing.ended_at is None and existing.subject_key == subject_key:
         existing.last_seen_at = clock.now()
+        if attributes is not None:
+            existing.attributes = attributes
         if int(level) >= existing.level:
             existing.level = int(level)
             merged = list(existing.amr_values)
@@ -215,6 +224,7 @@ def establish(
         ended_at=None,
         end_reason=None,
         rps="[]",
+        attributes=attributes,
     )
     db.add(row)
     flask_session[SESSION_KEY] = token

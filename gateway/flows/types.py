@@ -44,8 +44,17 @@ MAX_RESUME_URL = 2000
 #: The opaque protocol state is kept in the flow row; a protocol needing more keeps its own.
 MAX_STATE_JSON = 16 * 1024
 
-#: Authentication Method Reference values (RFC 8176): password, SMS, telephone call, OTP app.
-AMR_VALUES = frozenset({"pwd", "sms", "tel", "otp"})
+#: Authentication Method Reference values (RFC 8176): password, SMS, telephone call, OTP app,
+#: and "mfa" for an external route that vouches for more than one factor without naming them
+#: (eIDAS substantial and high).
+AMR_VALUES = frozenset({"pwd", "sms", "tel", "otp", "mfa"})
+#: Longest subject key (the column width of the flow and SSO rows).
+MAX_SUBJECT_KEY = 80
+#: Longest attribute name and value an external route may hand over (a formatted address is
+#: the longest value in practice).
+MAX_ATTRIBUTE_NAME = 40
+MAX_ATTRIBUTE_VALUE = 1000
+MAX_ATTRIBUTES = 32
 
 
 class RpProtocol(StrEnum):
@@ -288,3 +297,50 @@ class AuthnError:
 
     code: ErrorCode
     rp_request: RpRequest
+
+
+@dataclass(frozen=True)
+class RouteIdentity:
+    """What an external identity route proved, for `gateway.flows.login.complete_external`.
+
+    `subject_key` is stable per person and route (<= 80 characters, for example
+    "eidas:<64 hex>"); never a raw national identifier. `attributes` use the neutral names
+    of the contract (given_name, family_name, birthdate, birth_name, place_of_birth, address,
+    gender, country). `account_id` is the desk account this identity is linked to, if any.
+    `auth_time` is when the person authenticated at the identity provider (None: now).
+
+    The constructor checks the shape, so a route's bug fails loudly before anything is stored.
+    """
+
+    subject_key: str
+    level: Level
+    amr: tuple[str, ...]
+    attributes: Mapping[str, str]
+    account_id: str | None = None
+    auth_time: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if (
+            not isinstance(self.subject_key, str)
+            or not 0 < len(self.subject_key) <= MAX_SUBJECT_KEY
+            or not self.subject_key.isprintable()
+        ):
+            raise ValueError(f"subject_key must be 1 to {MAX_SUBJECT_KEY} printable characters")
+        object.__setattr__(self, "level", _level(self.level))
+        object.__setattr__(self, "amr", tuple(self.amr))
+        if any(a not in AMR_VALUES for a in self.amr):
+            raise ValueError("amr values must be RFC 8176 values the gateway uses")
+        attributes = dict(self.attributes)
+        if len(attributes) > MAX_ATTRIBUTES or any(
+            not isinstance(k, str) or not isinstance(v, str) or not 0 < len(k) <= MAX_ATTRIBUTE_NAME
+            or len(v) > MAX_ATTRIBUTE_VALUE
+            for k, v in attributes.items()
+        ):
+            raise ValueError("attributes must be a small mapping of short strings")
+        object.__setattr__(self, "attributes", MappingProxyType(attributes))
+        if self.account_id is not None and not isinstance(self.account_id, str):
+            raise ValueError("account_id must be a string or None")
+        if self.auth_time is not None:
+            if self.auth_time.tzinfo is None:
+                raise ValueError("auth_time must be timezone-aware")
+            object.__setattr__(self, "auth_time", self.auth_time.astimezone(UTC))

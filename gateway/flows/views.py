@@ -9,6 +9,9 @@ CSRF on every form (gateway.web.csrf), `no_store`, the WCAG 1.3.5 autocomplete t
 - `/login/<flow>`: shows the page of the flow's current state; POSTs go to
   `/login/<flow>/<step>` and answer with a redirect back to it (Post/Redirect/Get), so a
   reload never repeats a step. A flow belongs to the browser session that started it.
+- `/login/<flow>/route`: the route chosen on the choose-route page (issue 8); an external
+  route's `start` answers it (it sends the browser to its identity provider), and
+  `/login/<flow>/again` goes back to the choice while that provider has not answered.
 - `/activate`: username, password and the activation code from the letter or SMS.
 - `/logout`: ends the SSO session (a POST; GET shows the button).
 - `/account`: the "self" relying party: logs in at basis through the same flow every other
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, g, redirect, render_template, request, url_for
@@ -36,7 +39,15 @@ from gateway.app import get_policies, get_settings
 from gateway.flows import login as flows
 from gateway.flows import sessions as sso
 from gateway.flows.login import FlowState, LoginFlow
-from gateway.flows.routes import ROUTES, SecondFactor, verify_totp
+from gateway.flows.routes import (
+    KIND_EXTERNAL,
+    ExternalRoute,
+    IdentityRoute,
+    RouteInputError,
+    SecondFactor,
+    get_registry,
+    verify_totp,
+)
 from gateway.flows.types import ErrorCode, RpProtocol, RpRequest
 from gateway.i18n import (
     LANGUAGE_COOKIE,
@@ -85,6 +96,10 @@ NOTICES = {
     "unblocked": lazy_gettext("Your account is unblocked. You can log in again."),
     "sent": lazy_gettext("We have sent you a code."),
 }
+ROUTE_UNAVAILABLE = lazy_gettext(
+    "This way of logging in is not available at the moment. Try again in a few minutes or "
+    "choose another way."
+)
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -241,13 +256,17 @@ def flow(flow_id: str) -> Any:
         return redirect(after_login(current), code=303)
     if state is FlowState.FAILED:
         if current.error == ErrorCode.LEVEL_UNAVAILABLE.value and not current.request.passive:
-            return _page("unavailable.html", current, level=current.level)
+            route = get_registry().get(current.route)
+            external = route if route is not None and route.kind == KIND_EXTERNAL else None
+            return _page("unavailable.html", current, level=current.level, external=external)
         return redirect(flows.resume_location(current), code=303)
     if state is FlowState.EXPIRED:
         return _page("expired.html", current)
     if state is FlowState.CHOOSE_ROUTE:
-        routes = [r for r in ROUTES.values() if current.level in r.levels]
-        return _page("choose_route.html", current, routes=routes)
+        return _choose_page(current)
+    if state is FlowState.EXTERNAL:
+        route = get_registry().get(current.route)
+        return _page("external.html", current, route=route)
     if state is FlowState.PASSWORD:
         return _page(
             "password.html", current, username=(current.request.login_hint or "")[:64],
@@ -259,15 +278,29 @@ def flow(flow_id: str) -> Any:
         s.commit()
         return _page("unusable.html", current, 200)
     if state is FlowState.CHOOSE_FACTOR:
-        factors = ROUTES[current.route or ""].factors(s, get_settings(), account)
+        factors = get_registry().account_route(current.route).factors(s, get_settings(), account)
         return _page("choose_factor.html", current, factors=factors)
     return _factor_page(current, account)
+
+
+def _choose_page(
+    current: LoginFlow, route_errors: dict[str, Any] | None = None, status: int = 200
+) -> Any:
+    """The routes this flow offers, one form each; a route's `choice_template` (its own
+    fields, such as a country) goes inside its form, and its error next to them."""
+    routes = get_registry().routes_for(current.request, current.level)
+    route_errors = route_errors or {}
+    errors = {f"route-{name}": message for name, message in route_errors.items()}
+    return _page("choose_route.html", current, status, routes=routes, errors=errors,
+                 route_errors=route_errors)
 
 
 def _factor_page(
     current: LoginFlow, account: Account, errors: dict[str, str] | None = None, status: int = 200
 ) -> Any:
-    factors = ROUTES[current.route or ""].factors(db.session(), get_settings(), account)
+    factors = get_registry().account_route(current.route).factors(
+        db.session(), get_settings(), account
+    )
     factor = SecondFactor(current.factor or SecondFactor.SMS)
     template = "totp.html" if factor is SecondFactor.TOTP else "code.html"
     return _page(
@@ -283,14 +316,66 @@ def choose_route(flow_id: str) -> Any:
     current = _load(flow_id)
     if current is None:
         return _unknown_flow()
-    if not _stale(current, FlowState.CHOOSE_ROUTE):
+    if _stale(current, FlowState.CHOOSE_ROUTE):
+        return _to_flow(current)
+    s = db.session()
+    try:
+        route = flows.choose_route(s, current, _field("route"))
+    except flows.IllegalTransition:
+        abort(400)
+    except flows.FlowExpired:
+        s.commit()
+        return _to_flow(current)
+    s.commit()
+    if route.kind == KIND_EXTERNAL:
+        return _start_external(current, route)
+    return _to_flow(current)
+
+
+def _start_external(current: LoginFlow, route: IdentityRoute) -> Any:
+    """The flow is `external` (committed): the route sends the browser on. When it refuses
+    the person's choice (RouteInputError) or fails, whatever it wrote is rolled back and the
+    flow returns to the choose-route page with a message; it stays usable."""
+    s = db.session()
+    form = {
+        k: v[:MAX_FIELD] for k, v in request.form.items()
+        if isinstance(v, str) and k != "csrf_token"
+    }
+    try:
+        response = cast(ExternalRoute, route).start(current, form)
+    except RouteInputError as exc:
+        message: Any = exc.message
+        status = 400
+    except Exception:  # a route's failure must not end the flow; the person may choose again
+        log.exception("identity route %s could not start", route.name)
+        message, status = ROUTE_UNAVAILABLE, 503
+    else:
+        s.commit()
+        return response
+    s.rollback()
+    again = flows.get_flow(s, current.id)
+    if again is None:
+        return _unknown_flow()
+    try:
+        flows.choose_again(s, again)
+    except (flows.IllegalTransition, flows.FlowExpired):
+        s.commit()
+        return _to_flow(again)
+    s.commit()
+    return _choose_page(again, {route.name: message}, status)
+
+
+@bp.post("/login/<flow_id>/again")
+@no_store
+def choose_again(flow_id: str) -> Any:
+    """"Choose another way" from the page shown while an external route is busy."""
+    current = _load(flow_id)
+    if current is None:
+        return _unknown_flow()
+    if not _stale(current, FlowState.EXTERNAL):
         s = db.session()
-        try:
-            flows.choose_route(s, current, _field("route"))
-        except flows.IllegalTransition:
-            abort(400)
-        except flows.FlowExpired:
-            pass
+        with contextlib.suppress(flows.IllegalTransition, flows.FlowExpired):
+            flows.choose_again(s, current)
         s.commit()
     return _to_flow(current)
 

@@ -34,7 +34,6 @@ from flask import (
     session,
     url_for,
 )
-from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from gateway.i18n import current_language
@@ -44,6 +43,7 @@ from gateway.portal.oidc_client import OidcClient, OidcError, PendingLogin
 from gateway.portal.saml_sp import SamlError, SamlServiceProvider, sp_metadata
 from gateway.settings import Settings
 from gateway.web.csrf import csrf_exempt
+from gateway.web.errors import init_companion_app
 
 __all__ = ["create_portal"]
 
@@ -52,7 +52,9 @@ SESSION_COOKIE: Final = "portal_session"
 RESULT_TTL: Final = timedelta(minutes=15)
 MAX_RESULTS: Final = 1000
 #: The levels the demo offers (the INTERFACE.md labels).
-LEVELS: Final = {"basis": Level.BASIS, "midden": Level.MIDDEN}
+LEVELS: Final = {
+    "basis": Level.BASIS, "midden": Level.MIDDEN, "substantieel": Level.SUBSTANTIEEL,
+}
 PORTAL_KEY: Final = "gateway_portal"
 
 bp = Blueprint("portal", __name__)
@@ -151,8 +153,7 @@ def create_portal(settings: Settings, portal_url: str = DEFAULT_PORTAL_URL,
     app.jinja_env.globals["gateway_url"] = addresses.gateway_url
     app.jinja_env.globals["allow_form_action"] = allow_form_action
     app.register_blueprint(bp)
-    app.register_error_handler(HTTPException, _http_error)
-    app.register_error_handler(Exception, _unexpected)
+    init_companion_app(app, "portal/error.html", "portal")
     return app
 
 
@@ -323,19 +324,3 @@ def saml_sls() -> BaseResponse | str:
 def saml_metadata() -> Response:
     return Response(get_portal().metadata, mimetype="application/samlmetadata+xml")
 
-
-# --- errors ---------------------------------------------------------------------------------
-
-
-def _http_error(exc: HTTPException) -> Response:
-    status = exc.code or 500
-    body = render_template("portal/error.html", status=status, name=exc.name)
-    return Response(body, status=status, mimetype="text/html")
-
-
-def _unexpected(exc: Exception) -> Response:
-    if isinstance(exc, HTTPException):
-        return _http_error(exc)
-    current_app.logger.error("portal error: %s", type(exc).__name__)
-    body = render_template("portal/error.html", status=500, name="Internal Server Error")
-    return Response(body, status=500, mimetype="text/html")

@@ -26,11 +26,12 @@ from gateway.web.csrf import csrf_exempt, csrf_token
 from gateway.web.errors import error_response
 from gateway.web.headers import MAX_CONTENT_LENGTH, allow_form_action, no_store
 from gateway.web.logs import request_id
-from gateway.web.sessions import IDLE_TIMEOUT, regenerate_session
+from gateway.web.sessions import IDLE_TIMEOUT, RENEW_AFTER, regenerate_session
 
 __all__ = [
     "IDLE_TIMEOUT",
     "MAX_CONTENT_LENGTH",
+    "RENEW_AFTER",
     "allow_form_action",
     "csrf_exempt",
     "csrf_token",

@@ -136,3 +136,24 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(InternalServerError, _internal_error)
     app.register_error_handler(StoreUnavailable, _store_unavailable)
+
+
+def init_companion_app(app: Flask, template: str, label: str) -> None:
+    """Error pages for the gateway's small companion apps (the demo portal, the eIDAS node
+    simulator): `template` renders `status` and `name`; an unexpected error is logged by
+    type only and shown as a plain 500 page, never a stack trace (ASVS 7.4.1)."""
+
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        body = render_template(template, status=status, name=exc.name)
+        return Response(body, status=status, mimetype="text/html")
+
+    def unexpected(exc: Exception) -> Response:
+        if isinstance(exc, HTTPException):
+            return http_error(exc)
+        app.logger.error("%s error: %s", label, type(exc).__name__)
+        body = render_template(template, status=500, name="Internal Server Error")
+        return Response(body, status=500, mimetype="text/html")
+
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(Exception, unexpected)

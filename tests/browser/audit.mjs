@@ -197,6 +197,63 @@ async function desk(browser) {
   await auditor.close();
 }
 
+// --- the eIDAS route (issue 8) -------------------------------------------------------------
+
+// Wait until the browser has landed on a page whose URL starts with `prefix` (the auto-posting
+// forms of the SAML HTTP-POST binding move on by themselves, through several navigations).
+async function landOn(page, prefix) {
+  await page.waitForURL((url) => url.toString().startsWith(prefix), { timeout: 20000 });
+  await page.waitForLoadState("load");
+}
+
+async function eidas(browser) {
+  const e = config.eidas;
+  const context = await browser.newContext({ locale: config.lang === "nl" ? "nl-NL" : "en-GB" });
+  const page = await context.newPage();
+
+  // Midden: the desk account and the European eID side by side.
+  await visit(page, "eidas-choose-midden", "/rp/start?level=midden");
+  // Substantieel: only the European eID, with the country to choose.
+  await visit(page, "eidas-choose", "/rp/start?level=substantieel");
+  const flowUrl = page.url().split("?")[0];
+  await submit(page, "/route", { country: "DE" }, "eidas");
+  await landOn(page, e.node);
+  await audit(page, "sim-choose", 200);
+  // Cancel at the node: the node's answer comes back, the gateway explains in its own page.
+  await submit(page, "/sso/answer", {}, "cancel");
+  await landOn(page, config.base + "/eidas/acs");
+  await audit(page, "eidas-cancelled", 200);
+
+  // Sent on, then back at the gateway: the waiting page of an external route.
+  await page.goto(withLang("/rp/start?level=substantieel"));
+  const waiting = new URL(page.url()).pathname;
+  await submit(page, "/route", { country: "ES" }, "eidas");
+  await landOn(page, e.node);
+  await visit(page, "eidas-external", waiting);
+  await submit(page, "/again");
+  // Chosen again, and this time a test person logs in at the node.
+  await submit(page, "/route", { country: "DE" }, "eidas");
+  await landOn(page, e.node);
+  await submit(page, "/sso/answer", { person: "de-substantial" }, "login");
+  await landOn(page, config.base + "/rp/done");
+  const done = JSON.parse(await page.locator("body").innerText());
+  if (done.level !== "substantieel") throw new Error(`eIDAS login ended with ${JSON.stringify(done)}`);
+
+  // Linking the eID to a Dutch account: the citizen's pages (the eID session is reused).
+  await visit(page, "eidas-link", "/eidas/link");
+  await submitAndAudit(page, "eidas-link-request", "/eidas/link/start");
+  await submitAndAudit(page, "eidas-link-code", "/eidas/link/code");
+  await context.close();
+
+  // The desk's side of linking.
+  const deskContext = await browser.newContext();
+  const deskPage = await deskContext.newPage();
+  await deskLogin(deskPage, config.desk.officer);
+  await visit(deskPage, "desk-eidas-link", "/desk/eidas-link");
+  await submitAndAudit(deskPage, "desk-eidas-link-errors", "/desk/eidas-link");
+  await deskContext.close();
+}
+
 // --- keyboard only ------------------------------------------------------------------------
 
 async function keyboard(browser) {
@@ -272,6 +329,8 @@ try {
   fs.mkdirSync(config.artifacts, { recursive: true });
   if (config.mode === "keyboard") {
     await keyboard(browser);
+  } else if (config.mode === "eidas") {
+    await eidas(browser);
   } else {
     await citizen(browser);
     await desk(browser);

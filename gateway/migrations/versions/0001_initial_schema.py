@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-28 19:21:43.809114
+Create Date: 2026-11-28 22:16:42.959658
 """
 
 from __future__ import annotations
@@ -87,6 +87,21 @@ def upgrade() -> None:
         batch_op.create_index('ix_audit_log_at', ['at'], unique=False)
         batch_op.create_index('ix_audit_log_desk_seq', ['desk', 'seq'], unique=False)
 
+    op.create_table('eidas_link_codes',
+    sa.Column('id', sa.String(length=36), nullable=False),
+    sa.Column('code_hmac', sa.String(length=64), nullable=False),
+    sa.Column('subject_key', sa.String(length=80), nullable=False),
+    sa.Column('identity_sealed', sa.Text(), nullable=False),
+    sa.Column('created_at', gateway.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', gateway.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('used_at', gateway.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('superseded_at', gateway.db.UTCDateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_eidas_link_codes')),
+    sa.UniqueConstraint('code_hmac', name=op.f('uq_eidas_link_codes_code_hmac'))
+    )
+    with op.batch_alter_table('eidas_link_codes', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_eidas_link_codes_subject_key'), ['subject_key'], unique=False)
+
     op.create_table('oidc_clients',
     sa.Column('client_id', sa.String(length=100), nullable=False),
     sa.Column('secret_hash', sa.String(length=64), nullable=True),
@@ -102,6 +117,7 @@ def upgrade() -> None:
     sa.Column('id_token_encryption_jwk', sa.Text(), nullable=True),
     sa.Column('backchannel_logout_uri', sa.String(length=2000), nullable=True),
     sa.Column('created_at', gateway.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('claims', sa.Text(), server_default='[]', nullable=False),
     sa.PrimaryKeyConstraint('client_id', name=op.f('pk_oidc_clients'))
     )
     op.create_table('one_time_codes',
@@ -289,6 +305,8 @@ def upgrade() -> None:
     sa.Column('requested_level', sa.Integer(), nullable=False),
     sa.Column('route', sa.String(length=40), nullable=True),
     sa.Column('account_id', sa.String(length=36), nullable=True),
+    sa.Column('subject_key', sa.String(length=80), nullable=True),
+    sa.Column('attributes', sa.Text(), nullable=True),
     sa.Column('step_up', sa.Boolean(), nullable=False),
     sa.Column('factor', sa.String(length=8), nullable=True),
     sa.Column('code_sent_at', gateway.db.UTCDateTime(timezone=True), nullable=True),
@@ -323,6 +341,7 @@ def upgrade() -> None:
     sa.Column('code_used_at', gateway.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('revoked_at', gateway.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('expires_at', gateway.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('claims_sealed', sa.Text(), nullable=True),
     sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], name=op.f('fk_oidc_grants_account_id_accounts'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['client_id'], ['oidc_clients.client_id'], name=op.f('fk_oidc_grants_client_id_oidc_clients'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_oidc_grants')),
@@ -346,6 +365,7 @@ def upgrade() -> None:
     sa.Column('ended_at', gateway.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('end_reason', sa.String(length=16), nullable=True),
     sa.Column('rps', sa.Text(), nullable=False),
+    sa.Column('attributes', sa.Text(), nullable=True),
     sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], name=op.f('fk_sso_sessions_account_id_accounts'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_sso_sessions'))
     )
@@ -372,6 +392,22 @@ def upgrade() -> None:
     with op.batch_alter_table('document_checks', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_document_checks_application_id'), ['application_id'], unique=False)
 
+    op.create_table('eidas_links',
+    sa.Column('id', sa.String(length=36), nullable=False),
+    sa.Column('subject_key', sa.String(length=80), nullable=False),
+    sa.Column('account_id', sa.String(length=36), nullable=False),
+    sa.Column('linked_at', gateway.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('linked_by', sa.String(length=36), nullable=False),
+    sa.Column('request_id', sa.String(length=36), nullable=False),
+    sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], name=op.f('fk_eidas_links_account_id_accounts'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['linked_by'], ['staff_accounts.id'], name=op.f('fk_eidas_links_linked_by_staff_accounts')),
+    sa.ForeignKeyConstraint(['request_id'], ['four_eyes_requests.id'], name=op.f('fk_eidas_links_request_id_four_eyes_requests')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_eidas_links')),
+    sa.UniqueConstraint('subject_key', name=op.f('uq_eidas_links_subject_key'))
+    )
+    with op.batch_alter_table('eidas_links', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_eidas_links_account_id'), ['account_id'], unique=False)
+
     op.create_table('oidc_tokens',
     sa.Column('token_hash', sa.String(length=64), nullable=False),
     sa.Column('grant_id', sa.String(length=36), nullable=False),
@@ -394,6 +430,10 @@ def downgrade() -> None:
         batch_op.drop_index('ix_oidc_tokens_grant_id')
 
     op.drop_table('oidc_tokens')
+    with op.batch_alter_table('eidas_links', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_eidas_links_account_id'))
+
+    op.drop_table('eidas_links')
     with op.batch_alter_table('document_checks', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_document_checks_application_id'))
 
@@ -450,6 +490,10 @@ def downgrade() -> None:
 
     op.drop_table('one_time_codes')
     op.drop_table('oidc_clients')
+    with op.batch_alter_table('eidas_link_codes', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_eidas_link_codes_subject_key'))
+
+    op.drop_table('eidas_link_codes')
     with op.batch_alter_table('audit_log', schema=None) as batch_op:
         batch_op.drop_index('ix_audit_log_desk_seq')
         batch_op.drop_index('ix_audit_log_at')
