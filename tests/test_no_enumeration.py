@@ -352,3 +352,44 @@ def test_control_characters_in_a_username_are_an_unknown_username(make_app: Any)
         "username": "a\x00b", "password": "x" * 10, "activation_code": "ABCDFGHJK",
     })
     assert answer.status_code < 500
+
+
+# --- the same database work -----------------------------------------------------------------
+
+
+def _statements(app: Flask, attempt: Callable[[], TestResponse]) -> list[str]:
+    """The shape of every SQL statement `attempt` runs: its verb and its table, in order."""
+    import sqlalchemy as sa
+
+    seen: list[str] = []
+    shape = re.compile(r"^\s*(SELECT|INSERT INTO|UPDATE|DELETE FROM)\b.*?\b(?:FROM\s+)?(\w+)",
+                       re.IGNORECASE | re.DOTALL)
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        found = shape.match(statement)
+        seen.append(" ".join(found.groups()) if found else statement.split()[0])
+
+    engine = get_db(app).engine
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        attempt()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    return seen
+
+
+@pytest.mark.parametrize("attempt", [_login, _unblock, _unblock_code])
+def test_an_unknown_username_does_the_database_work_of_a_wrong_password(
+    app: Flask, attempt: Callable[[FlaskClient, str, str], TestResponse]
+) -> None:
+    """Timing without a clock: an unknown username runs the statements a known one with a
+    wrong password runs (the failure count, the code rows and their attempt counter), so
+    neither the work nor its time tells them apart (bench/enumeration_timing.py measures
+    the rest)."""
+    attempt(browser(app), UNKNOWN, "warm-up password")
+    client = browser(app)
+    unknown = _statements(app, lambda: attempt(client, UNKNOWN, "a wrong password"))
+    wait_for_deliveries(app)
+    client = browser(app)
+    known = _statements(app, lambda: attempt(client, KNOWN, "a wrong password"))
+    assert unknown == known

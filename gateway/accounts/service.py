@@ -468,11 +468,15 @@ def block_durations(lockout: LockoutPolicy) -> list[timedelta]:
     return durations
 
 
+#: An account id that no row has (ids are UUIDs): the target of an unknown username's UPDATE.
+_NOBODY = "-"
+
+
 def _count_failure(
     session: Session,
     settings: Settings,
     policies: Policies,
-    account: Account,
+    account: Account | None,
     now: datetime,
     *,
     counter: str = "failed_logins",
@@ -483,6 +487,10 @@ def _count_failure(
 
     One UPDATE reads and writes the counter, so concurrent failures in several workers are all
     counted. Failures keep counting during a block: a further run of them extends it.
+
+    `account` None (an unknown username) runs the same UPDATE for an id no row has, so an
+    unknown username costs what a known one with a wrong password costs (no enumeration by
+    timing, issue 5).
     """
     lockout = policies.accounts.lockout
     column = getattr(Account, counter)
@@ -497,7 +505,7 @@ def _count_failure(
     )
     row = session.execute(
         sa.update(Account)
-        .where(Account.id == account.id)
+        .where(Account.id == (account.id if account is not None else _NOBODY))
         .values(
             {
                 counter: sa.case((reaches, 0), else_=column + 1),
@@ -511,7 +519,7 @@ def _count_failure(
         .execution_options(synchronize_session=False)
     ).first()
     started = row is not None and row[0] == 0
-    if started:
+    if started and account is not None:
         record_event(session, account.id, EventKind.BLOCKED, at=now)
         _audit(session, settings, account, "account.blocked", "success")
     return started
@@ -566,14 +574,27 @@ def _refusal(row: AccountCode, now: datetime, max_attempts: int) -> str | None:
 
 
 def _count_attempt(session: Session, rows: list[AccountCode]) -> None:
-    ids = [r.id for r in rows if _live(r)]
-    if ids:
-        session.execute(
-            sa.update(AccountCode)
-            .where(AccountCode.id.in_(ids))
-            .values(attempts=AccountCode.attempts + 1)
-            .execution_options(synchronize_session=False)
-        )
+    """One more attempt on each live code of `rows`. The UPDATE runs also when there is none
+    (it then matches no row), so a wrong code costs the same whether or not the account has
+    live codes, and whether or not the username exists (no enumeration by timing)."""
+    ids = [r.id for r in rows if _live(r)] or [_NOBODY]
+    session.execute(
+        sa.update(AccountCode)
+        .where(AccountCode.id.in_(ids))
+        .values(attempts=AccountCode.attempts + 1)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _wrong_code_for_nobody(
+    session: Session, settings: Settings, kind: CodeKind, code: str
+) -> None:
+    """What a known username with a wrong code costs (its code rows read and the digest
+    compared; an account without live codes counts no attempt), for an unknown username:
+    no enumeration by timing."""
+    rows = _codes(session, _NOBODY, kind)
+    _match(rows, _code_digest(settings, kind, code))
+    _count_attempt(session, rows)
 
 
 def _consume(session: Session, row: AccountCode, now: datetime, max_attempts: int) -> bool:
@@ -837,6 +858,7 @@ def activate(
     account = find_account(session, username)
     if account is None:
         passwords.verify_dummy(password)
+        _count_failure(session, settings, policies, None, clock.now())
         _audit(session, settings, None, "account.activate", "failure:unknown_user")
         session.commit()
         raise LoginFailed()
@@ -934,6 +956,7 @@ def check_password(
     account = find_account(session, username)
     if account is None:
         passwords.verify_dummy(password)
+        _count_failure(session, settings, policies, None, clock.now())
         _audit(session, settings, None, "account.login", "failure:unknown_user")
         session.commit()
         raise LoginFailed()
@@ -1000,6 +1023,7 @@ def start_unblock(
     account = find_account(session, username)
     if account is None:
         passwords.verify_dummy(password)
+        _count_failure(session, settings, policies, None, clock.now())
         _audit(session, settings, None, "account.unblock_request", "failure:unknown_user")
         session.commit()
         return
@@ -1054,6 +1078,7 @@ def finish_unblock(
     account = find_account(session, username)
     digest = _code_digest(settings, CodeKind.UNBLOCK, code)
     if account is None:
+        _wrong_code_for_nobody(session, settings, CodeKind.UNBLOCK, code)
         _audit(session, settings, None, "account.unblock", "failure:unknown_user")
         session.commit()
         raise CodeRefused("invalid", CodeKind.UNBLOCK)
@@ -1188,6 +1213,7 @@ def finish_recovery(
     throttle = _Throttle.take(app, settings, policies, Action.RECOVERY_CODE, ip)
     account = find_account(session, username)
     if account is None:
+        _wrong_code_for_nobody(session, settings, CodeKind.RECOVERY, h_code)
         _audit(session, settings, None, "account.recovery", "failure:unknown_user")
         session.commit()
         raise CodeRefused("invalid", CodeKind.RECOVERY)
