@@ -199,6 +199,44 @@ def test_an_unreachable_node_says_so_and_the_flow_stays_usable(
     assert 'name="country"' in body
 
 
+def test_a_slow_node_says_so_and_the_flow_stays_usable(
+    env: Env, node_key_dir: Path, settings: Settings,
+) -> None:
+    """A node that answers only after the route's timeout (the simulator with --delay, on a
+    real loopback server): the person gets the same clear page at once, not a hung login."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from gateway.eidas_sim.app import create_sim_app
+    from gateway.routes.eidas.node import http_fetch
+    from gateway.routes.eidas.service import get_state
+    from tests.eidas_helpers import csrf
+
+    server = make_server("127.0.0.1", 0, lambda e, s: [], threaded=True)
+    base = f"http://127.0.0.1:{server.server_port}"
+    server.app = create_sim_app(settings, base_url=base, key_dir=node_key_dir,
+                                sp_metadata=env.client.get("/eidas/metadata").data, delay=3.0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        state = get_state(env.app)
+        state.node.url, state.node.fetch, state.node.timeout = base + "/metadata", http_fetch, 0.5
+        page = env.client.get("/rp/start?level=substantieel&lang=nl", follow_redirects=True)
+        flow_id = page.request.path.rsplit("/", 1)[-1]
+        page = env.client.post(f"/login/{flow_id}/route?lang=nl", data={
+            "csrf_token": csrf(page.get_data(as_text=True)), "route": "eidas",
+            "country": "DE"})
+        body = page.get_data(as_text=True)
+        assert page.status_code == 400
+        assert "Inloggen met een Europese eID is op dit moment niet mogelijk" in body, body[:3000]
+        assert flow_state(env.app, flow_id)[0] == "choose_route"
+        assert 'name="country"' in body
+    finally:
+        server.shutdown()
+        thread.join(5)
+
+
 def test_a_login_over_http_with_the_simulator_app(
     make_app: Any, settings: Settings, tmp_path: Path, sp_keys_template: Path,
     node_key_dir: Path,

@@ -24,6 +24,7 @@ machinery (issue 6, "Performance"); every other request goes through authlib.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import re
@@ -574,7 +575,9 @@ def plain_code_exchange(server: GatewayAuthorizationServer) -> Any | None:
             raise InvalidRequestError("Missing 'code_verifier'")
         if not _CODE_VERIFIER.match(verifier):
             raise InvalidRequestError("Invalid 'code_verifier'")
-        if create_s256_code_challenge(verifier) != grant.code_challenge:
+        if not hmac.compare_digest(
+            create_s256_code_challenge(verifier).encode(), grant.code_challenge.encode()
+        ):
             raise InvalidGrantError(description="Code challenge failed.")
     except OAuth2Error as error:
         db.commit()  # the refused code stays used
