@@ -20,7 +20,7 @@ from gateway.levels import Level
 
 @click.group()
 def rp() -> None:
-    """Relying parties (OIDC clients)."""
+    """Relying parties: OIDC clients and SAML service providers."""
 
 
 def _read(path: str | None, option: str) -> str | None:
