@@ -200,7 +200,8 @@ def midden_login(
     """One complete midden login for the gateway's own relying party (/account/step-up:
     midden, essential), from the first GET to the final redirect back to the relying party:
     GET start -> GET password page -> POST password (the SMS goes out) -> GET code page ->
-    POST code -> GET done -> GET /account?flow= (the relying party takes the result) -> 303.
+    POST code (straight on to the relying party once the flow is done) -> GET /account?flow=
+    (the relying party takes the result) -> 303.
     Returns the final Location."""
     env = {"REMOTE_ADDR": ip}
     flow_url = _expect_redirect(client.get("/account/step-up", environ_base=env))
@@ -215,8 +216,9 @@ def midden_login(
     done = client.post(action, environ_base=env, data={
         "csrf_token": token, "action": "verify", "code": _last_sms_code(outbox, phone),
     })
-    assert _expect_redirect(done) == flow_url
-    back = _expect_redirect(client.get(flow_url, environ_base=env))
+    back = _expect_redirect(done)
+    if back == flow_url:  # a gateway that sends the browser to the flow's page first
+        back = _expect_redirect(client.get(flow_url, environ_base=env))
     assert "/account?flow=" in back, back
     final = _expect_redirect(client.get(back, environ_base=env))
     assert final.endswith("/account"), final

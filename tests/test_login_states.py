@@ -299,7 +299,8 @@ def test_finish_gives_the_result_once_and_only_to_its_browser(make_app: Any) -> 
     done = post_form(client, page, "/password", {"username": "jan.jansen",
                                                  "password": "purple elephant dances"},
                      follow=False)
-    back = client.get(done.headers["Location"]).headers["Location"]
+    back = done.headers["Location"]  # straight on to the relying party
+    assert "/test-rp/back?flow=" in back, back
     # Another browser with the flow id (a leaked URL) gets nothing.
     thief = app.test_client()
     assert thief.get(back).get_json() == {"ok": False, "error": None, "state": None}

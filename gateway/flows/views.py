@@ -127,6 +127,17 @@ def _to_flow(flow: LoginFlow, **args: Any) -> BaseResponse:
     return redirect(_flow_url(flow, **args), code=303)
 
 
+def _onward(flow: LoginFlow) -> BaseResponse:
+    """After a step that may have finished the flow: a finished flow goes straight on to
+    where its GET would send it (the relying party, or first the e-mail question), saving
+    the browser one round trip, which costs most abroad; any other state to its page."""
+    if flow.flow_state is FlowState.DONE:
+        from gateway.accounts.views import after_login
+
+        return redirect(after_login(flow), code=303)
+    return _to_flow(flow)
+
+
 def _allow_resume(flow: LoginFlow) -> None:
     """A form on this page may end in a redirect to the relying party (the resume URL, or
     where the protocol sends the browser after it): when that is another origin, the page's
@@ -251,9 +262,7 @@ def flow(flow_id: str) -> Any:
         state = current.flow_state  # and show that state's page at once
     if state is FlowState.DONE:
         # Login notice and the e-mail interstitial (issue 5 items 7-8) before the RP.
-        from gateway.accounts.views import after_login
-
-        return redirect(after_login(current), code=303)
+        return _onward(current)
     if state is FlowState.FAILED:
         if current.error == ErrorCode.LEVEL_UNAVAILABLE.value and not current.request.passive:
             route = get_registry().get(current.route)
@@ -419,7 +428,7 @@ def password(flow_id: str) -> Any:
         problem = _send_code(current, account)
         if problem is not None:
             return _factor_page(current, account, {"code": problem})
-    return _to_flow(current)
+    return _onward(current)
 
 
 @bp.post("/login/<flow_id>/factor")
@@ -488,7 +497,7 @@ def code(flow_id: str) -> Any:
         return _to_flow(current)
     s.commit()
     _after_login()
-    return _to_flow(current)
+    return _onward(current)
 
 
 @bp.post("/login/<flow_id>/cancel")
