@@ -230,6 +230,15 @@ class DatabaseStore:
                 url = "sqlite:///" + str(main.with_name(main.stem + "-shared-state" + main.suffix))
             engine = make_engine(url)
 
+            @sa.event.listens_for(engine, "connect")
+            def _redis_like_durability(dbapi_connection: Any, _record: Any) -> None:
+                # Ephemeral state (sessions, counters) is kept as durable as in Redis, the
+                # production store, which does not sync each write either: with WAL, NORMAL
+                # syncs at checkpoints, so a crash of the machine (never of the process) may
+                # lose the last writes; the database stays consistent. The main database
+                # keeps FULL: accounts, codes and the audit trail sync at every commit.
+                dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
             # Ephemeral state in a file of its own: created here, not by migrations.
             Base.metadata.create_all(engine, tables=[_T])
             return cls(engine)

@@ -27,7 +27,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
-_SESSION_KEY = "_csrf"
+SESSION_KEY = "_csrf"
 _SECRET_BYTES = 32
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -51,7 +51,7 @@ def csrf_exempt(target: F) -> F:
 
 
 def _secret(create: bool) -> bytes | None:
-    value = session.get(_SESSION_KEY)
+    value = session.get(SESSION_KEY)
     if isinstance(value, str):
         try:
             raw = bytes.fromhex(value)
@@ -61,9 +61,15 @@ def _secret(create: bool) -> bytes | None:
             return raw
     if not create:
         return None
-    raw = secrets.token_bytes(_SECRET_BYTES)
-    session[_SESSION_KEY] = raw.hex()
-    return raw
+    value = new_secret()
+    session[SESSION_KEY] = value
+    return bytes.fromhex(value)
+
+
+def new_secret() -> str:
+    """A fresh session secret as stored under SESSION_KEY (gateway.web.sessions gives every
+    new or regenerated session one at once, so its first form costs no extra write)."""
+    return secrets.token_bytes(_SECRET_BYTES).hex()
 
 
 def _xor(a: bytes, b: bytes) -> bytes:

@@ -36,6 +36,8 @@ from flask.sessions import SessionInterface, SessionMixin
 from gateway import clock
 from gateway.settings import Settings
 from gateway.store import Delete, Op, Set, SharedStore, get_store
+from gateway.web.csrf import SESSION_KEY as CSRF_KEY
+from gateway.web.csrf import new_secret as new_csrf_secret
 
 #: Idle timeout: a session unused this long is gone (renewed on use, see RENEW_AFTER).
 IDLE_TIMEOUT = timedelta(minutes=15)
@@ -118,8 +120,8 @@ class StoreSession(SessionMixin):
             self._doomed_sid = self._stored_sid
         self._stored_sid = None
         self.sid = new_session_id()
-        # A CSRF secret seen before the login must not survive it.
-        data.pop("_csrf", None)
+        # A CSRF secret seen before the login must not survive it: a new one, at once.
+        data[CSRF_KEY] = new_csrf_secret()
         self.modified = True
 
 
@@ -178,6 +180,8 @@ class StoreSessionInterface(SessionInterface):
             return
         if session.sid is None:
             session.sid = new_session_id()
+            # A new session gets its CSRF secret now: its first form is then no second write.
+            session.setdefault(CSRF_KEY, new_csrf_secret())
         data = dict(session)
         now = clock.now().timestamp()
         written = session._written_at
