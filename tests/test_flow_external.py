@@ -50,6 +50,7 @@ from tests.test_login_flow import (
     post_form,
     sso_rows,
 )
+from tests.test_login_states import force_flow
 
 SUBJECT = "fake:" + "ab" * 32
 ATTRIBUTES = {"given_name": "Erika", "family_name": "Mustermann", "birthdate": "1964-08-12",
@@ -412,7 +413,7 @@ def test_complete_external_needs_a_waiting_flow(fapp: Flask, state: FlowState) -
         s = db.session()
         flow = flows.create_flow(s, request_, Level.SUBSTANTIEEL)
         flows.update_flow(s, flow, route="fake")
-        flow.state = state.value
+        force_flow(s, flow, state=state.value)
         s.commit()
         with pytest.raises(flows.IllegalTransition):
             flows.complete_external(
@@ -431,8 +432,7 @@ def test_complete_external_refuses_another_routes_flow(fapp: Flask) -> None:
     with fapp.test_request_context():
         s = db.session()
         flow = flows.create_flow(s, request_, Level.MIDDEN)
-        flow.state = FlowState.EXTERNAL.value
-        flow.route = "desk_account"
+        force_flow(s, flow, state=FlowState.EXTERNAL.value, route="desk_account")
         s.commit()
         with pytest.raises(flows.IllegalTransition):
             flows.complete_external(
@@ -617,7 +617,7 @@ def test_choosing_again_needs_a_waiting_flow(fapp: Flask, state: FlowState) -> N
     with fapp.test_request_context():
         s = db.session()
         flow = flows.create_flow(s, request_, Level.MIDDEN)
-        flow.state = state.value
+        force_flow(s, flow, state=state.value)
         s.commit()
         with pytest.raises(flows.IllegalTransition):
             flows.choose_again(s, flow)

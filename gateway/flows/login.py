@@ -245,21 +245,20 @@ def new_flow_id() -> str:
 
 def create_flow(db: Session, rp_request: RpRequest, level: Level) -> LoginFlow:
     now = clock.now()
-    flow = LoginFlow(
-        id=new_flow_id(),
-        state=FlowState.STARTED.value,
-        created_at=now,
-        updated_at=now,
-        expires_at=now + FLOW_LIFETIME,
-        rp_id=rp_request.rp_id,
-        rp_request=rp_request.to_json(),
-        requested_level=int(level),
-        step_up=False,
-        amr="[]",
-    )
-    db.add(flow)
-    db.flush()
-    return flow
+    values = {
+        **_NEW_FLOW,
+        "id": new_flow_id(),
+        "state": FlowState.STARTED.value,
+        "created_at": now,
+        "updated_at": now,
+        "expires_at": now + FLOW_LIFETIME,
+        "rp_id": rp_request.rp_id,
+        "rp_request": rp_request.to_json(),
+        "requested_level": int(level),
+    }
+    # One prebuilt INSERT on the session's connection (see get_flow).
+    db.connection().execute(_INSERT_FLOW, values)
+    return _flow_object(values)
 
 
 def get_flow(db: Session, flow_id: object) -> LoginFlow | None:
@@ -274,9 +273,7 @@ def get_flow(db: Session, flow_id: object) -> LoginFlow | None:
     row = db.connection().execute(_GET_FLOW, {"_id": flow_id}).first()
     if row is None:
         return None
-    flow: LoginFlow = _FLOW_MANAGER.new_instance()
-    flow.__dict__.update(row._mapping)
-    return flow
+    return _flow_object(row._mapping)
 
 
 def is_expired(flow: LoginFlow, now: datetime | None = None) -> bool:
@@ -323,7 +320,34 @@ def _move(
 _MOVES: dict[frozenset[str], sa.Update] = {}
 _FLOW_TABLE = cast(sa.Table, LoginFlow.__table__)
 _GET_FLOW = sa.select(_FLOW_TABLE).where(_FLOW_TABLE.c.id == sa.bindparam("_id"))
-_FLOW_MANAGER = sa.inspect(LoginFlow).class_manager
+_FLOW_MAPPER = sa.inspect(LoginFlow)
+
+
+def _flow_object(values: Mapping[Any, Any]) -> LoginFlow:
+    """A LoginFlow holding `values` (a whole row), outside any session."""
+    if not _FLOW_MAPPER.configured:
+        # The ORM sets up attribute access when it first configures its mappers.
+        sa.orm.configure_mappers()
+    flow: LoginFlow = _FLOW_MAPPER.class_manager.new_instance()
+    flow.__dict__.update(values)
+    return flow
+
+#: Every column of a new flow that create_flow does not set: its value at the start.
+_NEW_FLOW: dict[str, Any] = {
+    "route": None, "account_id": None, "subject_key": None, "attributes": None,
+    "step_up": False, "factor": None, "code_sent_at": None, "level_reached": None,
+    "amr": "[]", "auth_time": None, "sso_session_id": None, "error": None,
+    "finished_at": None,
+}
+_INSERT_FLOW = sa.insert(_FLOW_TABLE).values(
+    {column.key: sa.bindparam(column.key) for column in _FLOW_TABLE.columns}
+)
+#: The result is taken once: finished_at set only where it is still empty.
+_TAKE_RESULT = (
+    sa.update(_FLOW_TABLE)
+    .where(_FLOW_TABLE.c.id == sa.bindparam("_id"), _FLOW_TABLE.c.finished_at.is_(None))
+    .values(finished_at=sa.bindparam("_now"))
+)
 
 
 def _move_statement(fields: frozenset[str]) -> sa.Update:
@@ -703,15 +727,13 @@ def reuse_at_once(
     token = flask_session.get(sso.SESSION_KEY)
     if target is None or not isinstance(token, str) or len(token) > 100:
         return None
-    sessions_t: sa.Table = sso.SsoSession.__table__  # type: ignore[assignment]
-    accounts_t: sa.Table = Account.__table__  # type: ignore[assignment]
+    # Statements built once (`_reuse_statements`), on the session's connection: the ORM's
+    # execution layer and building them per call cost more CPU than the queries.
+    read, touch, record = _reuse_statements()
+    conn = db.connection()
     # A Row with the session's columns and the account's status and blocked_until: it
     # answers the same attribute reads as the ORM objects the helpers below take.
-    row: Any = db.execute(
-        sa.select(sessions_t, accounts_t.c.status, accounts_t.c.blocked_until)
-        .outerjoin(accounts_t, accounts_t.c.id == sessions_t.c.account_id)
-        .where(sessions_t.c.id == sso.token_id(settings, token))
-    ).one_or_none()
+    row: Any = conn.execute(read, {"sso_id": sso.token_id(settings, token)}).one_or_none()
     now = clock.now()
     if (
         row is None or row.ended_at is not None
@@ -729,15 +751,11 @@ def reuse_at_once(
     rps = list(json.loads(row.rps))
     if rp_request.rp_id not in rps and len(rps) < sso.MAX_RPS:
         rps.append(rp_request.rp_id)
-    used = db.execute(
-        sa.update(sessions_t)
-        .where(sessions_t.c.id == row.id, sessions_t.c.ended_at.is_(None))
-        .values(last_seen_at=now, rps=json.dumps(rps))
-    )
-    if used.rowcount != 1:  # type: ignore[attr-defined]
+    used = conn.execute(touch, {"sso_id": row.id, "now": now, "rps": json.dumps(rps)})
+    if used.rowcount != 1:
         return None  # ended meanwhile (a logout in another tab)
     if row.account_id is not None:
-        _record_sso_event(db, row.account_id, rp_request.rp_id, Level(row.level))
+        _record_sso_event(conn, record, row.account_id, rp_request.rp_id, Level(row.level))
     return AuthnResult(
         subject_key=row.subject_key or f"account:{row.account_id}",
         account_id=row.account_id,
@@ -750,15 +768,44 @@ def reuse_at_once(
     )
 
 
-def _record_sso_event(db: Session, account_id: str, rp_id: str, level: Level) -> None:
+_REUSE_STATEMENTS: list[tuple[sa.Select[Any], sa.Update, sa.Insert]] = []
+
+
+def _reuse_statements() -> tuple[sa.Select[Any], sa.Update, sa.Insert]:
+    """`reuse_at_once`'s statements, built at its first call: the SSO session joined with
+    its account's status, the session's use, and the owner's usage-history row."""
+    if _REUSE_STATEMENTS:
+        return _REUSE_STATEMENTS[0]
+    from gateway.accounts import history
+
+    sessions_t = cast(sa.Table, sso.SsoSession.__table__)
+    accounts_t = cast(sa.Table, Account.__table__)
+    read = (
+        sa.select(sessions_t, accounts_t.c.status, accounts_t.c.blocked_until)
+        .outerjoin(accounts_t, accounts_t.c.id == sessions_t.c.account_id)
+        .where(sessions_t.c.id == sa.bindparam("sso_id"))
+    )
+    touch = (
+        sa.update(sessions_t)
+        .where(sessions_t.c.id == sa.bindparam("sso_id"), sessions_t.c.ended_at.is_(None))
+        .values(last_seen_at=sa.bindparam("now"), rps=sa.bindparam("rps"))
+    )
+    _REUSE_STATEMENTS.append(
+        (read, touch, sa.insert(cast(sa.Table, history.AccountEvent.__table__)))
+    )
+    return _REUSE_STATEMENTS[0]
+
+
+def _record_sso_event(
+    conn: sa.Connection, insert: sa.Insert, account_id: str, rp_id: str, level: Level
+) -> None:
     """`_record_history(..., "sso")` as one Core INSERT (no unit-of-work flush)."""
     import uuid
 
     from gateway.accounts import history
 
-    events_t: sa.Table = history.AccountEvent.__table__  # type: ignore[assignment]
-    db.execute(
-        sa.insert(events_t),
+    conn.execute(
+        insert,
         {
             "id": str(uuid.uuid4()), "account_id": account_id, "at": clock.now(),
             "kind": history.EventKind.LOGIN.value,
@@ -830,12 +877,7 @@ def finish(flow_id: str) -> AuthnResult:
             state = flow.flow_state
         code = ErrorCode(flow.error) if state in FINAL_STATES and flow.error else ErrorCode.FAILED
         raise LoginError(AuthnError(code, request), f"login flow is {state.value}")
-    taken = s.connection().execute(
-        sa.update(LoginFlow)
-        .where(LoginFlow.id == flow.id, LoginFlow.finished_at.is_(None))
-        .values(finished_at=clock.now())
-        .execution_options(synchronize_session=False)
-    )
+    taken = s.connection().execute(_TAKE_RESULT, {"_id": flow.id, "_now": clock.now()})
     s.commit()
     if taken.rowcount != 1:
         raise LoginError(None, "login result already taken")
