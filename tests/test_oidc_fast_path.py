@@ -338,3 +338,64 @@ def test_plain_exchange_leaves_other_requests_to_authlib(
     assert extra.status_code == 200
     assert answered[0] is None and answered[1] is not None
     assert answered[2] is None and answered[3] is None
+
+
+_GOOD_AUTHZ = {
+    "response_type": "code", "client_id": "rp1", "redirect_uri": RP, "scope": "openid",
+    "state": "st", "nonce": "n", "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+    "code_challenge_method": "S256",
+}
+
+
+@pytest.mark.parametrize("change", [
+    {}, {"scope": None}, {"state": None}, {"response_type": "token"},
+    {"response_type": "code id_token"}, {"client_id": None}, {"client_id": "nobody"},
+    {"client_id": "rp1 "}, {"redirect_uri": None}, {"redirect_uri": RP + "/"},
+    {"redirect_uri": "https://attacker.example/cb"}, {"code_challenge": None},
+    {"code_challenge_method": None}, {"code_challenge_method": "plain"},
+    {"code_challenge": "short"}, {"code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-c="},
+    {"code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM" + "x"},
+    {"twice": "state"}, {"twice": "client_id"}, {"twice": "code_challenge"},
+    {"twice": "code_challenge_method"}, {"twice": "nonce"}, {"method": "POST"},
+])
+def test_plain_authorization_request_accepts_only_what_authlib_accepts(
+    app: Flask, change: dict[str, str | None]
+) -> None:
+    """`provider.plain_authorization_request` answers the everyday request itself, and only
+    with the client and redirect URI authlib's `get_consent_grant` gives for it; anything
+    else is left to authlib (None)."""
+    from authlib.oauth2.rfc6749 import OAuth2Error
+    from werkzeug.datastructures import MultiDict
+
+    from gateway.idp.oidc import provider
+
+    add_client(app)
+    params: list[tuple[str, str]] = []
+    for key, value in {**_GOOD_AUTHZ, **change}.items():
+        if key in ("twice", "method") or value is None:
+            continue
+        params.append((key, value))
+        if change.get("twice") == key:
+            params.append((key, value))
+    method = change.get("method") or "GET"
+    if method == "GET":
+        context = app.test_request_context("/oidc/authorize", query_string=params)
+    else:
+        context = app.test_request_context(
+            "/oidc/authorize", method="POST", data=MultiDict(params)
+        )
+    with context:
+        server = views._server()
+        plain = provider.plain_authorization_request(server)
+        try:
+            grant = server.get_consent_grant(end_user=None)
+            generic: tuple[str, str] | None = (grant.request.client.client_id,
+                                               grant.redirect_uri)
+        except OAuth2Error:
+            generic = None
+    if plain is not None:
+        assert generic == (plain[0].client_id, plain[1])
+    if change in ({}, {"scope": None}, {"state": None}):
+        assert plain is not None and generic is not None
+    else:
+        assert plain is None  # also a repeated nonce: check_oidc refuses it after authlib

@@ -544,7 +544,10 @@ def plain_code_exchange(server: GatewayAuthorizationServer) -> Any | None:
     if (
         request.args or request.mimetype != "application/x-www-form-urlencoded"
         or form.keys() != _PLAIN_FIELDS or any(len(form.getlist(k)) != 1 for k in form)
-        or form["grant_type"] != "authorization_code" or not is_secure_transport(request.url)
+        or form["grant_type"] != "authorization_code"
+        # Only the scheme and the host decide (authlib looks at nothing else): without the
+        # path and query, which `request.url` would rebuild and re-encode for nothing.
+        or not is_secure_transport(f"{request.scheme}://{request.host}/")
     ):
         return None
     client_id, secret = extract_basic_authorization(request.headers)
@@ -584,3 +587,46 @@ def plain_code_exchange(server: GatewayAuthorizationServer) -> Any | None:
         return server.handle_error_response(server.create_oauth2_request(None), error)
     body = token_response(grant, client, include_nonce=True)
     return server.handle_response(200, body, CodeGrant.TOKEN_RESPONSE_HEADER)
+
+
+# --- the authorization endpoint's plain case ----------------------------------------------
+
+#: Parameters authlib reads before it accepts an authorization request.
+_AUTHZ_CHECKED = ("response_type", "client_id", "redirect_uri", "code_challenge",
+                  "code_challenge_method")
+
+
+def plain_authorization_request(server: GatewayAuthorizationServer) -> tuple[Client, str] | None:
+    """The client and redirect URI of the authorization endpoint's everyday request (issue 6,
+    "Performance"), checked without authlib's generic request machinery: a GET with every
+    parameter present once, `response_type=code`, a known client, one of its registered
+    redirect URIs (exact match) and a PKCE S256 challenge.
+
+    Exactly what `server.get_consent_grant` accepts with the same client and redirect URI
+    (RFC 6749 3.1 no repeated parameter, 3.1.2.3 and 4.1.1, RFC 7636 4.3, RFC 9700 2.1.1);
+    None for any other request, and authlib then decides and answers as it always does,
+    errors included (tests/test_oidc_fast_path.py compares the two). OIDC's own parameters
+    are checked afterwards by `check_oidc`, as after authlib.
+    """
+    from flask import request
+
+    args = request.args
+    if request.method != "GET" or server.scopes_supported:
+        return None
+    if any(len(values) != 1 for values in args.listvalues()):
+        return None
+    response_type, client_id, redirect_uri, challenge, method = (
+        args.get(name) for name in _AUTHZ_CHECKED
+    )
+    if (
+        response_type != "code" or method != "S256" or not client_id or not redirect_uri
+        or challenge is None or not _S256.match(challenge)
+    ):
+        return None
+    client = server.query_client(client_id)
+    if (
+        client is None or not client.check_redirect_uri(redirect_uri)
+        or not client.check_response_type(response_type)
+    ):
+        return None
+    return client, redirect_uri

@@ -145,23 +145,75 @@ _TOKENS: sa.Table = OidcToken.__table__  # type: ignore[assignment]
 # compiled once per process and skip the ORM's per-call statement building (issue 6,
 # "Performance"; bench/oidc_compare.py --profile token).
 _INSERT_GRANT = sa.insert(_GRANTS)
-_INSERT_TOKENS = sa.insert(_TOKENS)
+
+
+def _token_row(kind: str) -> sa.Select[Any]:
+    prefix = kind[0] + "_"
+    c = _TOKENS.c
+    return sa.select(
+        sa.bindparam(prefix + "hash", type_=c.token_hash.type),
+        sa.bindparam("grant_id", type_=c.grant_id.type),
+        sa.literal(kind, c.kind.type),
+        sa.bindparam("now", type_=c.created_at.type),
+        sa.bindparam(prefix + "expires", type_=c.expires_at.type),
+        sa.cast(sa.null(), c.used_at.type),
+    )
+
+
+# An access token alone, or an access and a refresh token in one INSERT: one statement and
+# one round trip, without the pipeline psycopg runs an executemany in (which cost more CPU
+# than the INSERT itself; bench/oidc_compare.py). INSERT ... SELECT rather than a
+# multi-row VALUES: SQLAlchemy compiles a multi-row VALUES again at every execution.
+_TOKEN_COLUMNS = ["token_hash", "grant_id", "kind", "created_at", "expires_at", "used_at"]
+_INSERT_ACCESS = sa.insert(_TOKENS).from_select(_TOKEN_COLUMNS, _token_row("access"))
+_INSERT_ACCESS_REFRESH = sa.insert(_TOKENS).from_select(
+    _TOKEN_COLUMNS, sa.union_all(_token_row("access"), _token_row("refresh"))
+)
+_GRANT_MANAGER = sa.inspect(OidcGrant).class_manager
+# The code's row is found by its unique hash alone; the client binding is checked on that
+# row (in SET, and again by the caller on the row returned), never in WHERE. With
+# `client_id = :c` in WHERE, PostgreSQL without statistics on the table (never ANALYZEd:
+# a new table, autovacuum off or behind) took ix_oidc_grants_client_id, which holds every
+# grant of the client, and filtered them row by row for the hash: each exchange read all
+# of the client's grants, and the token endpoint slowed down as the table grew (issue 6,
+# "Performance"; tests/test_oidc_code_consumption.py pins the plan). A code presented by
+# another client is left as it was: its row is written back unchanged.
 _CONSUME = (
     sa.update(_GRANTS)
     .where(
         _GRANTS.c.code_hash == sa.bindparam("b_code_hash"),
-        _GRANTS.c.client_id == sa.bindparam("b_client_id"),
         _GRANTS.c.code_used_at.is_(None),
         _GRANTS.c.code_expires_at > sa.bindparam("b_now"),
         _GRANTS.c.revoked_at.is_(None),
     )
-    .values(code_used_at=sa.bindparam("b_now"))
+    .values(
+        code_used_at=sa.case(
+            (
+                _GRANTS.c.client_id == sa.bindparam("b_client_id"),
+                sa.bindparam("b_now", type_=_GRANTS.c.code_used_at.type),
+            ),
+            else_=_GRANTS.c.code_used_at,
+        )
+    )
     .returning(*_GRANTS.c)
 )
 
 
+#: HMACs keyed for one purpose under one secret key, copied for every value: the key is
+#: derived and the HMAC keyed once, not at every call (four times per code exchange).
+_KEYED: dict[tuple[bytes, str], hmac.HMAC] = {}
+
+
 def _mac(settings: Settings, purpose: str, value: str) -> str:
-    return hmac.new(settings.derive_key(purpose), value.encode(), hashlib.sha256).hexdigest()
+    slot = (settings.secret_key, purpose)
+    keyed = _KEYED.get(slot)
+    if keyed is None:
+        if len(_KEYED) > 64:  # secret keys change rarely; never let the cache grow
+            _KEYED.clear()
+        keyed = _KEYED[slot] = hmac.new(settings.derive_key(purpose), digestmod=hashlib.sha256)
+    mac = keyed.copy()
+    mac.update(value.encode())
+    return mac.hexdigest()
 
 
 def _well_formed(value: object) -> bool:
@@ -192,8 +244,10 @@ def create_grant(
     `claims_sealed`: the attribute claims released (gateway.idp.oidc.release.seal_claims)."""
     now = clock.now()
     code = new_token()
-    # One Core INSERT, in the caller's transaction: nothing reads the row back in this request.
-    db.execute(
+    # One Core INSERT on the session's connection, in the caller's transaction: nothing reads
+    # the row back in this request (and the ORM's execution layer would cost more CPU than
+    # the INSERT).
+    db.connection().execute(
         _INSERT_GRANT,
         {
             "id": str(uuid.uuid4()),
@@ -238,14 +292,17 @@ def consume_code(
     now = clock.now()
     # RETURNING hands back the row the UPDATE won: one round trip instead of two on the
     # token endpoint's hot path (bench/oidc_compare.py).
-    won = db.execute(
+    won = db.connection().execute(
         _CONSUME, {"b_code_hash": code_hash, "b_client_id": client_id, "b_now": now}
     ).one_or_none()
-    if won is not None:
+    if won is not None and won.client_id == client_id and won.code_used_at is not None:
         if commit_win:
             db.commit()
-        # A detached copy of the row (nothing writes to it through the ORM).
-        return OidcGrant(**won._mapping)
+        # A detached copy of the row (nothing writes to it through the ORM), made without the
+        # constructor's per-attribute events.
+        grant: OidcGrant = _GRANT_MANAGER.new_instance()
+        grant.__dict__.update(won._mapping)
+        return grant
     # Replay (or a code of another client): revoke the family the first use started.
     db.execute(
         sa.update(OidcGrant)
@@ -278,26 +335,16 @@ def issue_tokens(
     now = clock.now()
     access = new_token()
     access_expires = min(now + ACCESS_TOKEN_LIFETIME, grant.expires_at)
-    rows: list[dict[str, Any]] = [
-        {
-            "token_hash": _mac(settings, ACCESS_PURPOSE, access), "grant_id": grant.id,
-            "kind": "access", "created_at": now, "expires_at": access_expires, "used_at": None,
-        }
-    ]
+    values: dict[str, Any] = {
+        "grant_id": grant.id, "now": now,
+        "a_hash": _mac(settings, ACCESS_PURPOSE, access), "a_expires": access_expires,
+    }
     refresh_token: str | None = None
     if refresh:
         refresh_token = new_token()
-        rows.append(
-            {
-                "token_hash": _mac(settings, REFRESH_PURPOSE, refresh_token),
-                "grant_id": grant.id, "kind": "refresh", "created_at": now,
-                "expires_at": min(now + REFRESH_TOKEN_LIFETIME, grant.expires_at),
-                "used_at": None,
-            }
-        )
-    # One Core executemany (a single pipelined round trip with psycopg) instead of an ORM
-    # flush.
-    db.execute(_INSERT_TOKENS, rows)
+        values["r_hash"] = _mac(settings, REFRESH_PURPOSE, refresh_token)
+        values["r_expires"] = min(now + REFRESH_TOKEN_LIFETIME, grant.expires_at)
+    db.connection().execute(_INSERT_ACCESS_REFRESH if refresh else _INSERT_ACCESS, values)
     return IssuedTokens(
         access_token=access,
         expires_in=max(1, int((access_expires - now).total_seconds())),

@@ -247,17 +247,22 @@ def jwks() -> Response:
 def authorize() -> BaseResponse:
     server = _server()
     data = request.values
-    try:
-        grant = server.get_consent_grant(end_user=None)
-    except OAuth2Error as error:
-        if error.redirect_uri:
-            return authorization_error(
-                error.redirect_uri, provider.response_mode(data), _safe_state(data),
-                error.error, error.description,
-            )
-        return error_page()
-    client: Client = grant.request.client
-    redirect_uri: str = grant.redirect_uri
+    # The everyday request without authlib's generic machinery; anything else through it.
+    plain = provider.plain_authorization_request(server)
+    if plain is not None:
+        client, redirect_uri = plain
+    else:
+        try:
+            grant = server.get_consent_grant(end_user=None)
+        except OAuth2Error as error:
+            if error.redirect_uri:
+                return authorization_error(
+                    error.redirect_uri, provider.response_mode(data), _safe_state(data),
+                    error.error, error.description,
+                )
+            return error_page()
+        client = grant.request.client
+        redirect_uri = grant.redirect_uri
     mode = provider.response_mode(data)
     state = _safe_state(data)
     try:
