@@ -378,13 +378,20 @@ class DatabaseStore:
     def ping(self) -> None:
         self._run(sa.select(sa.literal(1)), _nothing)
 
-    def purge_expired(self, limit: int | None = None) -> int:
-        """Delete expired rows (at most `limit`); returns how many went."""
-        now = clock.now()
-        doomed = sa.select(_T.c.key).where(_T.c.expires_at <= now)
+    def purge_expired(self, limit: int | None = None, *, now: datetime | None = None) -> int:
+        """Delete expired rows (at most `limit`); returns how many went.
+
+        The expiry is checked again on the row deleted: a key that a write took over since
+        the sub-select found it (PostgreSQL re-reads a row changed under the statement) is
+        live again and stays. Rows locked by a write in progress are skipped (SKIP LOCKED),
+        so the purge never waits behind a request; the next purge gets them.
+        """
+        now = now or clock.now()
+        expired = _T.c.expires_at <= now
+        doomed = sa.select(_T.c.key).where(expired).with_for_update(skip_locked=True)
         if limit is not None:
             doomed = doomed.limit(limit)
-        stmt = sa.delete(_T).where(_T.c.key.in_(doomed.scalar_subquery()))
+        stmt = sa.delete(_T).where(_T.c.key.in_(doomed.scalar_subquery()), expired)
         return self._run(stmt, lambda r: int(r.rowcount or 0))
 
     def close(self) -> None:
@@ -633,11 +640,17 @@ def get_store(app: Flask | None = None) -> SharedStore:
 
 
 def purge_expired(app: Flask | None = None) -> int:
-    """Remove every expired row of the database store (for a CLI or a cron job).
+    """Remove every expired row of the database store, PURGE_BATCH rows per transaction
+    (`gateway purge`, gateway.purge, runs it from cron).
 
     Redis expires keys itself; with a Redis store this does nothing and returns 0.
     """
     store = get_store(app)
-    if isinstance(store, DatabaseStore):
-        return store.purge_expired()
-    return 0
+    if not isinstance(store, DatabaseStore):
+        return 0
+    total = 0
+    while True:
+        done = store.purge_expired(limit=PURGE_BATCH)
+        total += done
+        if done < PURGE_BATCH:
+            return total

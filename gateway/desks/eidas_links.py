@@ -445,14 +445,16 @@ def execute_link(
     return link
 
 
-def purge_link_codes(db: Session, older_than: timedelta = timedelta(days=30)) -> int:
-    """Delete link codes that expired (or were used) more than `older_than` ago."""
-    cutoff = clock.now() - older_than
-    result = db.execute(
-        sa.delete(EidasLinkCode).where(EidasLinkCode.expires_at < cutoff)
-        .execution_options(synchronize_session=False)
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+def purge_link_codes(
+    db: Session, older_than: timedelta = timedelta(days=30), *, limit: int | None = None
+) -> int:
+    """Delete link codes that expired more than `older_than` ago and that no four-eyes
+    request names (the desk shows a request with the code's identity), at most `limit`
+    (`gateway purge`, gateway.purge, runs it from cron in batches)."""
+    from gateway import purge  # gateway.purge imports this module
+
+    return purge.delete_due(db, EidasLinkCode.id, purge.link_codes_due(clock.now(), older_than),
+                            limit)
 
 
 def _audit(db: Session, settings: Settings, **fields: Any) -> None:

@@ -387,12 +387,16 @@ def fail(db: Session, flow: LoginFlow, code: ErrorCode) -> None:
     transition(db, flow, FlowState.FAILED, error=code.value)
 
 
-def purge_flows(db: Session, older_than: timedelta = timedelta(days=1)) -> int:
-    """Delete flows that expired more than `older_than` ago (cron, with other purges)."""
-    cutoff = clock.now() - older_than
-    result = db.execute(sa.delete(LoginFlow).where(LoginFlow.expires_at < cutoff))
-    count: int = result.rowcount  # type: ignore[attr-defined]
-    return count
+def purge_flows(
+    db: Session, older_than: timedelta = timedelta(days=1), *, limit: int | None = None
+) -> int:
+    """Delete flows that expired more than `older_than` ago and that no login code still
+    kept refers to, at most `limit`, in the caller's transaction (`gateway purge`,
+    gateway.purge, runs it from cron in batches)."""
+    from gateway import purge  # gateway.purge imports this module
+
+    return purge.delete_due(db, LoginFlow.id, purge.login_flows_due(clock.now(), older_than),
+                            limit)
 
 
 # --- decisions ----------------------------------------------------------------------------

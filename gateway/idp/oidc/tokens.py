@@ -436,12 +436,11 @@ def revoke_sso_session(db: Session, sso_session_id: str) -> list[OidcGrant]:
 
 
 def purge(db: Session, older_than: timedelta = timedelta(days=1)) -> int:
-    """Delete grants (and by cascade their tokens) that ended more than `older_than` ago."""
-    result = db.execute(
-        sa.delete(OidcGrant).where(OidcGrant.expires_at < clock.now() - older_than)
-    )
-    count: int = result.rowcount  # type: ignore[attr-defined]
-    return count
+    """Delete grants (and by cascade their tokens) that ended more than `older_than` ago.
+    `gateway purge` (gateway.purge) does the same from cron, in batches, tokens first."""
+    from gateway import purge as purging  # gateway.purge imports this module
+
+    return purging.delete_due(db, OidcGrant.id, purging.oidc_grants_due(clock.now(), older_than))
 
 
 # --- ID tokens ----------------------------------------------------------------------------
