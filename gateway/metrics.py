@@ -37,6 +37,9 @@ FORBIDDEN_LABELS = frozenset(
 )
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: Label values come from small fixed sets; past this many children per metric, something
+#: is wrong, and the cache stops growing (the metric itself still works).
+MAX_CACHED_CHILDREN = 1000
 
 _lock = threading.Lock()
 _declared: dict[str, _Metric] = {}
@@ -51,6 +54,9 @@ class _Metric:
         self.labelnames = tuple(labelnames)
         self.options = options
         self._real: Any = None
+        #: Children by label values: prometheus_client's `labels` validates and locks on
+        #: every call, and the request log asks for two children on every request.
+        self._children: dict[tuple[Any, ...], Any] = {}
 
     def _metric(self) -> Any:
         if self._real is None:
@@ -66,7 +72,13 @@ class _Metric:
 
     def labels(self, *values: str, **labels: str) -> Any:
         """The child for these label values (prometheus_client's `labels`)."""
-        return self._metric().labels(*values, **labels)
+        key = (values, tuple(labels.items()))
+        child = self._children.get(key)
+        if child is None:
+            child = self._metric().labels(*values, **labels)
+            if len(self._children) < MAX_CACHED_CHILDREN:
+                self._children[key] = child
+        return child
 
 
 class Counter(_Metric):
