@@ -8,7 +8,8 @@ its RFC 7638 JWK thumbprint, so a kid always names exactly one public key.
 Layout of `<instance_dir>/keys/` (folder 0700, every file 0600):
 
 - `manifest.json`: the list of keys, each with kid, kty, alg, use, created_at, state
-  (`active` or `retiring`) and retire_at; pruned keys move to `retired` with their public JWK;
+  (`next`, `active` or `retiring`), retire_at and activate_at; pruned keys move to `retired`
+  with their public JWK;
 - `<kid>.key.pem`: the private key (PKCS#8); `<kid>.crt.pem`: the RSA key's certificate;
 - `.lock`: the flock(2) that serialises every writer (and readers, against a prune).
 
@@ -18,6 +19,18 @@ the new one, never half of one, and two workers starting together never create t
 Each KeyStore re-reads the manifest when its inode, size or mtime changes (one stat(2) per
 use), so a rotation by one process is published by all of them on their next request.
 
+Rotation is publish-before-sign: `rotate` adds the new set as `next`, published (JWK Set,
+SAML metadata) at once but signing only from its activate_at, PUBLISH_BEFORE_SIGN later, so
+relying parties that cache our keys have fetched the new ones before they see a signature by
+them. Nothing has to run at activate_at: every reader computes the effective states from the
+manifest and the clock (a `next` key past its activate_at is active, the key it replaces
+retiring until activate_at + RETIRE_AFTER), so all processes switch at the same instant (hosts
+need synchronised clocks, as token expiry does anyway).
+Writers (rotate, prune) first write those effective states into the manifest. `rotate
+--now` (`publish_for=0`, for a suspected compromise) makes the new set active at once.
+The manifest format stays version 1: `activate_at` is optional, so older manifests still
+parse (a reader that predates `next` refuses a manifest holding one, rather than guess).
+
 Private key material never leaves this module in text: `SigningKey`'s repr names the kid only,
 and errors name the file, never its contents.
 """
@@ -25,6 +38,7 @@ and errors name the file, never its contents.
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
 import fcntl
 import hashlib
@@ -33,7 +47,7 @@ import os
 import re
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -57,6 +71,14 @@ from gateway.settings import Settings, SettingsError
 #: published longer costs nothing but a slightly larger JWK Set.
 RETIRE_AFTER = timedelta(days=7)
 
+#: How long a new key set is published before it signs (`rotate` without `--now`). Relying
+#: parties fetch our JWK Set and SAML metadata ahead of need and verify with the cached copy:
+#: OIDC libraries keep a JWK Set for hours (some up to a day, whatever our Cache-Control
+#: says), SAML SPs refresh metadata about daily. Two days covers one daily refresh that
+#: fails or is skipped, plus the next one; longer would only delay a planned rotation. SPs
+#: that load metadata by hand must be told before the new set signs (docs/operators.md).
+PUBLISH_BEFORE_SIGN = timedelta(days=2)
+
 #: Validity of the RSA key's self-signed certificate. SAML metadata uses it as a key container
 #: (most SPs ignore its dates, some do check them), so it must outlive the key's use: keys are
 #: meant to be rotated at least once a year, and two years leaves a year of slack before an SP
@@ -78,7 +100,7 @@ MANIFEST_VERSION = 1
 #: manifest becomes part of a file name, so a tampered manifest cannot point outside the folder.
 _KID = re.compile(r"[A-Za-z0-9_-]{43}")
 
-KeyState = Literal["active", "retiring"]
+KeyState = Literal["next", "active", "retiring"]
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
@@ -100,6 +122,8 @@ class KeyInfo:
     created_at: datetime
     state: KeyState
     retire_at: datetime | None
+    #: For a `next` key only: when it starts to sign.
+    activate_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,6 +134,7 @@ class KeyInfo:
             "created_at": _iso(self.created_at),
             "state": self.state,
             "retire_at": _iso(self.retire_at) if self.retire_at else None,
+            "activate_at": _iso(self.activate_at) if self.activate_at else None,
         }
 
 
@@ -143,11 +168,15 @@ class SigningKey:
 
 @dataclass(frozen=True)
 class Rotation:
-    """What `rotate` did: keys created (now active), keys retiring, and kids pruned."""
+    """What `rotate` did: keys created (`next` with their activate_at, or `active` at once),
+    keys retiring with their retire_at (the keys the new set replaces included, with the
+    retire_at they get once it signs), kids pruned, and kids of a waiting `next` set that
+    `--now` replaced (never used, private keys deleted)."""
 
     created: tuple[KeyInfo, ...]
     retiring: tuple[KeyInfo, ...]
     pruned: tuple[str, ...]
+    discarded: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -158,8 +187,17 @@ class _Loaded:
 
 @dataclass(frozen=True)
 class _Snapshot:
+    """One manifest, loaded. The effective states depend on the clock as well: `views[n]` is
+    the key list once the first n of the sorted `boundaries` (the `next` keys' activate_at)
+    have passed, so a read costs one bisect, whatever the snapshot's age."""
+
     stamp: tuple[int, int, int]
     keys: tuple[_Loaded, ...]
+    boundaries: tuple[datetime, ...]
+    views: tuple[tuple[_Loaded, ...], ...]
+
+    def at(self, now: datetime) -> tuple[_Loaded, ...]:
+        return self.views[bisect.bisect_right(self.boundaries, now)]
 
 
 class KeyStore:
@@ -196,21 +234,23 @@ class KeyStore:
                     self._write_manifest(list(infos), [])
         self._current()
 
-    def entries(self) -> tuple[KeyInfo, ...]:
-        """The manifest's keys, in manifest order (no key material)."""
-        return tuple(loaded.info for loaded in self._current().keys)
+    def entries(self, now: datetime | None = None) -> tuple[KeyInfo, ...]:
+        """The manifest's keys in manifest order, in their effective states at `now` (default:
+        the clock), no key material."""
+        return tuple(loaded.info for loaded in self._view(now))
 
-    def active(self, alg: str) -> SigningKey:
-        """The key to sign with for `alg` ("RS256" or "ES256")."""
-        for loaded in self._current().keys:
+    def active(self, alg: str, now: datetime | None = None) -> SigningKey:
+        """The key to sign with for `alg` ("RS256" or "ES256") at `now` (default: the clock):
+        a `next` key once its activate_at has passed."""
+        for loaded in self._view(now):
             if loaded.info.alg == alg and loaded.info.state == "active":
                 return loaded.key
         raise KeyStoreError(f"GATEWAY_INSTANCE_DIR: no active {alg} key in {self.folder}")
 
     def published(self, now: datetime | None = None) -> list[dict[str, str]]:
-        """Public JWKs of the active keys and of the retiring keys whose retire_at is still
-        ahead: active first, then retiring, newest first. The same manifest gives the same
-        list in every process."""
+        """Public JWKs of the active keys, of the next keys (published before they sign) and
+        of the retiring keys whose retire_at is still ahead, in that order, newest first
+        within each. The same manifest and time give the same list in every process."""
         return [loaded.key.public_jwk() for loaded in self._published(now)]
 
     def jwks(self, now: datetime | None = None) -> dict[str, list[dict[str, str]]]:
@@ -219,7 +259,7 @@ class KeyStore:
 
     def certificates(self, now: datetime | None = None) -> list[x509.Certificate]:
         """Certificates of the published RSA keys, active first (for SAML metadata, which
-        lists the retiring one too so SPs can roll over)."""
+        lists the next one, so SPs have it before it signs, and the retiring one)."""
         return [
             loaded.key.certificate
             for loaded in self._published(now)
@@ -228,11 +268,22 @@ class KeyStore:
 
     def _published(self, now: datetime | None) -> list[_Loaded]:
         now = now or clock.now()
-        keys = self._current().keys
-        active = [k for k in keys if k.info.state == "active"]
-        retiring = [k for k in keys if k.info.retire_at is not None and k.info.retire_at > now]
+        keys = self._current().at(now)
+        # Stable sorts: keys of one set (same created_at) keep manifest order, RS256 first.
+        active = sorted((k for k in keys if k.info.state == "active"),
+                        key=lambda k: k.info.created_at, reverse=True)
+        waiting = sorted((k for k in keys if k.info.state == "next"),
+                         key=lambda k: k.info.created_at, reverse=True)
+        retiring = [
+            k for k in keys
+            if k.info.state == "retiring" and k.info.retire_at is not None
+            and k.info.retire_at > now
+        ]
         retiring.sort(key=lambda k: (k.info.created_at, k.info.kid), reverse=True)
-        return active + retiring
+        return active + waiting + retiring
+
+    def _view(self, now: datetime | None) -> tuple[_Loaded, ...]:
+        return self._current().at(now or clock.now())
 
     def _current(self) -> _Snapshot:
         stamp = self._stamp()
@@ -250,7 +301,7 @@ class KeyStore:
                 stamp = self._stamp()
                 infos, _retired = self._read_manifest()
                 loaded = tuple(_Loaded(info, self._load_key(info)) for info in infos)
-            self._snapshot = _Snapshot(stamp, loaded)
+            self._snapshot = _snapshot(stamp, loaded)
             return self._snapshot
 
     def _stamp(self) -> tuple[int, int, int]:
@@ -327,10 +378,17 @@ class KeyStore:
 
     # --- changing --------------------------------------------------------------------------
 
-    def rotate(self, now: datetime) -> Rotation:
-        """Add a new RSA and EC key and make them active; the keys they replace retire at
-        `now + RETIRE_AFTER` and stay published until then. Keys already past their
-        retire_at are pruned on the way. Without any keys yet, creates the first set."""
+    def rotate(self, now: datetime, publish_for: timedelta = PUBLISH_BEFORE_SIGN) -> Rotation:
+        """Add a new RSA and EC key set, published at once and signing from
+        `now + publish_for` (state `next` until then); the keys it replaces retire
+        RETIRE_AFTER after that and stay published until then. Keys already past their
+        retire_at are pruned on the way. Without any keys yet, creates the first set, active.
+
+        Refused while a set is still waiting to sign, unless `publish_for` is zero (`--now`,
+        a suspected compromise): then the new set is active at once, the waiting set is
+        dropped unused (private keys deleted) and the active keys retire from `now`."""
+        if publish_for < timedelta(0):
+            raise ValueError("publish_for must not be negative")
         self._prepare_folder()
         with self._locked(exclusive=True):
             if not self.manifest_path.exists():
@@ -338,21 +396,41 @@ class KeyStore:
                 self._write_manifest(list(created), [])
                 return Rotation(created=created, retiring=(), pruned=())
             infos, retired = self._read_manifest()
+            infos = _effective(infos, now)
             infos, retired, pruned = self._prune(infos, retired, now)
-            created = self._create_set(now)
-            infos = [
-                replace(i, state="retiring", retire_at=now + RETIRE_AFTER)
+            waiting = [i for i in infos if i.state == "next"]
+            if waiting and publish_for:
+                at = min(i.activate_at or now for i in waiting)
+                raise KeyStoreError(
+                    f"a new key set is already waiting to become active at {_iso(at)}; "
+                    "use --now to activate a new set at once"
+                )
+            for info in waiting:
+                jwk = self._load_key(info).public_jwk()
+                retired = [*retired, {**info.to_json(), "state": "retired",
+                                      "retire_at": _iso(now), "public_jwk": jwk}]
+            discarded = tuple(i.kid for i in waiting)
+            infos = [i for i in infos if i.state != "next"]
+            activate_at = now + publish_for
+            created = self._create_set(now, activate_at if publish_for else None)
+            retiring = [
+                replace(i, state="retiring", retire_at=activate_at + RETIRE_AFTER)
                 if i.state == "active" else i
                 for i in infos
             ]
-            self._write_manifest(infos + list(created), retired)
-            self._delete_private(pruned)
+            if publish_for:
+                # The replaced keys sign until activate_at; readers retire them from then on.
+                self._write_manifest(infos + list(created), retired)
+            else:
+                self._write_manifest(retiring + list(created), retired)
+            self._delete_private(pruned + discarded)
             self._sweep({i.kid for i in infos} | {i.kid for i in created})
         self._current()
         return Rotation(
             created=created,
-            retiring=tuple(i for i in infos if i.state == "retiring"),
+            retiring=tuple(i for i in retiring if i.state == "retiring"),
             pruned=pruned,
+            discarded=discarded,
         )
 
     def prune(self, now: datetime) -> tuple[str, ...]:
@@ -363,9 +441,10 @@ class KeyStore:
         if not self.manifest_path.exists():
             return ()
         with self._locked(exclusive=True):
-            infos, retired = self._read_manifest()
+            read, retired = self._read_manifest()
+            infos = _effective(read, now)
             infos, retired, pruned = self._prune(infos, retired, now)
-            if pruned:
+            if pruned or infos != read:
                 self._write_manifest(infos, retired)
                 self._delete_private(pruned)
             self._sweep({i.kid for i in infos})
@@ -386,7 +465,9 @@ class KeyStore:
                 keep.append(info)
         return keep, retired, tuple(pruned)
 
-    def _create_set(self, now: datetime) -> tuple[KeyInfo, ...]:
+    def _create_set(
+        self, now: datetime, activate_at: datetime | None = None
+    ) -> tuple[KeyInfo, ...]:
         rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
         ec_key = ec.generate_private_key(ec.SECP256R1())
         created = []
@@ -407,8 +488,9 @@ class KeyStore:
                 )
             created.append(
                 KeyInfo(
-                    kid=kid, kty=_KTY[alg], alg=alg, use="sig",
-                    created_at=now, state="active", retire_at=None,
+                    kid=kid, kty=_KTY[alg], alg=alg, use="sig", created_at=now,
+                    state="next" if activate_at else "active", retire_at=None,
+                    activate_at=activate_at,
                 )
             )
         return tuple(created)
@@ -524,13 +606,16 @@ def _parse_manifest(data: Any) -> tuple[list[KeyInfo], list[dict[str, Any]]]:
         if alg not in ALGORITHMS or raw["kty"] != _KTY[alg] or raw["use"] != "sig":
             raise ValueError(f"keys[{n}]: unknown alg/kty/use")
         state = raw["state"]
+        if state not in ("next", "active", "retiring"):
+            raise ValueError(f"keys[{n}]: state must be next, active or retiring")
         retire_at = _parse_time(raw["retire_at"]) if raw["retire_at"] is not None else None
-        if state == "active" and retire_at is not None:
-            raise ValueError(f"keys[{n}]: an active key has no retire_at")
-        if state == "retiring" and retire_at is None:
-            raise ValueError(f"keys[{n}]: a retiring key needs retire_at")
-        if state not in ("active", "retiring"):
-            raise ValueError(f"keys[{n}]: state must be active or retiring")
+        # Optional: manifests written before the `next` state have no activate_at.
+        raw_activate = raw.get("activate_at")
+        activate_at = _parse_time(raw_activate) if raw_activate is not None else None
+        if (retire_at is not None) != (state == "retiring"):
+            raise ValueError(f"keys[{n}]: a retiring key, and only a retiring key, has retire_at")
+        if (activate_at is not None) != (state == "next"):
+            raise ValueError(f"keys[{n}]: a next key, and only a next key, has activate_at")
         infos.append(
             KeyInfo(
                 kid=_checked_kid(raw["kid"]),
@@ -540,14 +625,49 @@ def _parse_manifest(data: Any) -> tuple[list[KeyInfo], list[dict[str, Any]]]:
                 created_at=_parse_time(raw["created_at"]),
                 state=state,
                 retire_at=retire_at,
+                activate_at=activate_at,
             )
         )
     for alg in ALGORITHMS:
         if sum(1 for i in infos if i.alg == alg and i.state == "active") != 1:
             raise ValueError(f"needs exactly one active {alg} key")
+        if sum(1 for i in infos if i.alg == alg and i.state == "next") > 1:
+            raise ValueError(f"has more than one next {alg} key")
     if len({i.kid for i in infos}) != len(infos):
         raise ValueError("a kid appears twice")
     return infos, retired
+
+
+def _effective(infos: Sequence[KeyInfo], now: datetime) -> list[KeyInfo]:
+    """The keys' states at `now`: a `next` key whose activate_at has passed is active, and the
+    active key of its alg retiring from then, until activate_at + RETIRE_AFTER."""
+    due = {
+        i.alg: i.activate_at
+        for i in infos
+        if i.state == "next" and i.activate_at is not None and i.activate_at <= now
+    }
+    effective: list[KeyInfo] = []
+    for info in infos:
+        at = due.get(info.alg)
+        if at is not None and info.state == "next":
+            info = replace(info, state="active", activate_at=None)
+        elif at is not None and info.state == "active":
+            info = replace(info, state="retiring", retire_at=at + RETIRE_AFTER)
+        effective.append(info)
+    return effective
+
+
+def _snapshot(stamp: tuple[int, int, int], keys: tuple[_Loaded, ...]) -> _Snapshot:
+    """A snapshot with one view per stretch of time between the `next` keys' activate_at."""
+    boundaries = tuple(sorted({
+        k.info.activate_at for k in keys if k.info.state == "next" and k.info.activate_at
+    }))
+    by_kid = {k.info.kid: k.key for k in keys}
+    views = [keys]
+    for at in boundaries:
+        infos = _effective([k.info for k in keys], at)
+        views.append(tuple(_Loaded(info, by_kid[info.kid]) for info in infos))
+    return _Snapshot(stamp, keys, boundaries, tuple(views))
 
 
 def _checked_kid(kid: Any) -> str:
@@ -675,18 +795,32 @@ def keys_cli() -> None:
 
 
 @keys_cli.command("rotate")
-def rotate_command() -> None:
-    """Add a new RSA and EC signing key; the old ones stay published until they retire."""
+@click.option(
+    "--now", "at_once", is_flag=True,
+    help="Sign with the new keys at once (a suspected key compromise), instead of publishing "
+    "them for two days first; replaces a new set that is still waiting.",
+)
+def rotate_command(at_once: bool) -> None:
+    """Add a new RSA and EC signing key, published now and signing two days later; the old
+    ones sign until then and stay published until they retire."""
     from gateway.cli import Failure, load_settings
 
     settings = load_settings()
     store = KeyStore.for_settings(settings)
     try:
-        result = store.rotate(clock.now())
+        result = store.rotate(
+            clock.now(), publish_for=timedelta(0) if at_once else PUBLISH_BEFORE_SIGN
+        )
     except SettingsError as exc:
         raise Failure(str(exc)) from None
+    for kid in result.discarded:
+        click.echo(f"waiting key {kid} discarded: never used, private key deleted")
     for info in result.created:
-        click.echo(f"new {info.alg} key {info.kid} (active)")
+        if info.activate_at is not None:
+            click.echo(f"new {info.alg} key {info.kid} (published now, signs from "
+                       f"{_iso(info.activate_at)})")
+        else:
+            click.echo(f"new {info.alg} key {info.kid} (active)")
     for info in result.retiring:
         assert info.retire_at is not None
         click.echo(f"{info.alg} key {info.kid} retires at {_iso(info.retire_at)}")

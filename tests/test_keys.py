@@ -21,6 +21,7 @@ from flask import Flask
 from gateway import clock
 from gateway.cli import main
 from gateway.keys import (
+    PUBLISH_BEFORE_SIGN,
     RETIRE_AFTER,
     KeyStore,
     KeyStoreError,
@@ -30,6 +31,7 @@ from gateway.keys import (
 from gateway.settings import Settings
 
 T0 = datetime(2030, 3, 1, 9, 0, tzinfo=UTC)
+ALGS = ("RS256", "ES256")
 RSA_PRIVATE = {"d", "p", "q", "dp", "dq", "qi", "oth"}
 
 
@@ -60,11 +62,11 @@ def test_first_start_creates_files_with_private_modes(store: KeyStore) -> None:
     for path in store.folder.iterdir():
         assert mode(path) == 0o600, path.name
     manifest = json.loads(store.manifest_path.read_text())
-    fields = ("kty", "alg", "use", "state", "retire_at")
+    fields = ("kty", "alg", "use", "state", "retire_at", "activate_at")
     described = [tuple(k[f] for f in fields) for k in manifest["keys"]]
     assert described == [
-        ("RSA", "RS256", "sig", "active", None),
-        ("EC", "ES256", "sig", "active", None),
+        ("RSA", "RS256", "sig", "active", None, None),
+        ("EC", "ES256", "sig", "active", None, None),
     ]
     assert {k["kid"] for k in manifest["keys"]} == {rs.kid, es.kid}
     assert datetime.fromisoformat(manifest["keys"][0]["created_at"]) == T0
@@ -214,17 +216,20 @@ def test_a_manifest_that_is_not_json_stops_start_up(store: KeyStore) -> None:
 
 
 def test_rotate_keeps_the_old_keys_published_until_they_retire(store: KeyStore) -> None:
-    old = {alg: store.active(alg).kid for alg in ("RS256", "ES256")}
+    old = {alg: store.active(alg, T0).kid for alg in ALGS}
     t1 = T0 + timedelta(days=30)
     with clock.frozen(t1):
         result = store.rotate(clock.now())
-    new = {alg: store.active(alg).kid for alg in ("RS256", "ES256")}
+        clock.advance(PUBLISH_BEFORE_SIGN)
+        new = {alg: store.active(alg).kid for alg in ALGS}
+    activated = t1 + PUBLISH_BEFORE_SIGN
     assert set(new.values()).isdisjoint(old.values())
     assert {i.kid for i in result.created} == set(new.values())
     retiring = {i.kid: i.retire_at for i in result.retiring}
-    assert retiring == dict.fromkeys(old.values(), t1 + RETIRE_AFTER)
+    assert retiring == dict.fromkeys(old.values(), activated + RETIRE_AFTER)
     assert result.pruned == ()
 
+    t1 = activated  # from here on, as before publish-before-sign: the new keys sign from t1
     just_before = t1 + RETIRE_AFTER - timedelta(seconds=1)
     published = [k["kid"] for k in store.published(just_before)]
     # Active keys first, so a client that picks the first matching key picks the new one.
@@ -249,13 +254,224 @@ def test_rotate_keeps_the_old_keys_published_until_they_retire(store: KeyStore) 
 
 
 def test_rotate_prunes_keys_whose_time_has_come(store: KeyStore) -> None:
-    first = store.active("RS256").kid
-    store.rotate(T0 + timedelta(days=1))
-    second = store.active("RS256").kid
-    result = store.rotate(T0 + timedelta(days=1) + RETIRE_AFTER)
-    assert first in result.pruned
-    assert second in {i.kid for i in result.retiring}
-    assert len([k for k in store.entries() if k.state == "active"]) == 2
+    first = store.active("RS256", T0).kid
+    with clock.frozen(T0 + timedelta(days=1)):
+        store.rotate(clock.now())
+        clock.advance(PUBLISH_BEFORE_SIGN)
+        second = store.active("RS256").kid
+        clock.advance(RETIRE_AFTER)
+        result = store.rotate(clock.now())
+        assert first in result.pruned
+        assert second in {i.kid for i in result.retiring}
+        assert len([k for k in store.entries() if k.state == "active"]) == 2
+        assert store.active("RS256").kid == second  # the third set waits its turn
+        assert len([k for k in store.entries() if k.state == "next"]) == 2
+
+
+def kids(store: KeyStore, state: str, now: datetime | None = None) -> dict[str, str]:
+    return {k.alg: k.kid for k in store.entries(now) if k.state == state}
+
+
+def test_rotate_publishes_the_new_set_before_it_signs(store: KeyStore) -> None:
+    old = {alg: store.active(alg, T0).kid for alg in ALGS}
+    t1 = T0 + timedelta(days=30)
+    activated = t1 + PUBLISH_BEFORE_SIGN
+    with clock.frozen(t1):
+        result = store.rotate(clock.now())
+        new = kids(store, "next")
+        assert set(new.values()) == {i.kid for i in result.created}
+        assert set(new.values()).isdisjoint(old.values())
+        assert {(i.state, i.activate_at) for i in result.created} == {("next", activated)}
+        assert {(i.kid, i.retire_at) for i in result.retiring} == {
+            (kid, activated + RETIRE_AFTER) for kid in old.values()
+        }
+        # Published at once, after the active keys; the old keys still sign.
+        assert [k["kid"] for k in store.published()] == [
+            old["RS256"], old["ES256"], new["RS256"], new["ES256"]
+        ]
+        assert [c.public_bytes(serialization.Encoding.PEM) for c in store.certificates()] == [
+            (store.folder / f"{kid}.crt.pem").read_bytes() for kid in (old["RS256"], new["RS256"])
+        ]
+        assert {alg: store.active(alg).kid for alg in ALGS} == old
+        clock.advance(PUBLISH_BEFORE_SIGN - timedelta(microseconds=1))
+        assert {alg: store.active(alg).kid for alg in ALGS} == old
+        assert kids(store, "next") == new
+        written = store.manifest_path.read_bytes()
+
+        # Exactly at activate_at the new keys sign, in this process and any other, without a
+        # writer: the manifest still says `next`.
+        clock.advance(timedelta(microseconds=1))
+        assert clock.now() == activated
+        assert {alg: store.active(alg).kid for alg in ALGS} == new
+        assert {alg: KeyStore(store.folder).active(alg).kid for alg in ALGS} == new
+        assert store.manifest_path.read_bytes() == written
+        assert kids(store, "next") == {}
+        assert {k.kid: k.retire_at for k in store.entries() if k.state == "retiring"} == (
+            dict.fromkeys(old.values(), activated + RETIRE_AFTER)
+        )
+        published = [k["kid"] for k in store.published()]
+        assert published[:2] == [new["RS256"], new["ES256"]]
+        assert set(published[2:]) == set(old.values())
+
+        # A writer records the effective states.
+        assert store.prune(clock.now()) == ()
+        manifest = json.loads(store.manifest_path.read_text())
+        states = {k["kid"]: (k["state"], k["retire_at"], k["activate_at"])
+                  for k in manifest["keys"]}
+        retire_at = (activated + RETIRE_AFTER).isoformat()
+        assert states == {
+            **dict.fromkeys(new.values(), ("active", None, None)),
+            **dict.fromkeys(old.values(), ("retiring", retire_at, None)),
+        }
+        assert {alg: store.active(alg).kid for alg in ALGS} == new
+
+        clock.advance(RETIRE_AFTER)
+        assert [k["kid"] for k in store.published()] == [new["RS256"], new["ES256"]]
+        assert set(store.prune(clock.now())) == set(old.values())
+        for kid in old.values():
+            assert not (store.folder / f"{kid}.key.pem").exists()
+
+
+def test_a_writer_past_activation_prunes_in_one_go(store: KeyStore) -> None:
+    old = {alg: store.active(alg, T0).kid for alg in ALGS}
+    store.rotate(T0)
+    new = kids(store, "next", T0)
+    # Nobody touched the folder for longer than the publication and the retirement together.
+    late = T0 + PUBLISH_BEFORE_SIGN + RETIRE_AFTER
+    assert set(store.prune(late)) == set(old.values())
+    assert kids(store, "active", late) == new
+    manifest = json.loads(store.manifest_path.read_text())
+    assert [(k["kid"], k["state"]) for k in manifest["keys"]] == [
+        (new["RS256"], "active"), (new["ES256"], "active")
+    ]
+
+
+def test_rotate_now_makes_the_new_set_sign_at_once(store: KeyStore) -> None:
+    old = {alg: store.active(alg, T0).kid for alg in ALGS}
+    t1 = T0 + timedelta(days=30)
+    with clock.frozen(t1):
+        result = store.rotate(clock.now(), publish_for=timedelta(0))
+        new = {alg: store.active(alg).kid for alg in ALGS}
+        assert set(new.values()).isdisjoint(old.values())
+        assert {(i.kid, i.state, i.activate_at) for i in result.created} == {
+            (kid, "active", None) for kid in new.values()
+        }
+        assert {(i.kid, i.retire_at) for i in result.retiring} == {
+            (kid, t1 + RETIRE_AFTER) for kid in old.values()
+        }
+        assert kids(store, "next") == {}
+        published = [k["kid"] for k in store.published()]
+        assert published[:2] == [new["RS256"], new["ES256"]]
+        assert set(published[2:]) == set(old.values())
+
+
+def test_a_second_rotation_while_a_set_waits(store: KeyStore) -> None:
+    old = {alg: store.active(alg, T0).kid for alg in ALGS}
+    with clock.frozen(T0):
+        store.rotate(clock.now())
+        waiting = kids(store, "next")
+        written = store.manifest_path.read_bytes()
+        files = sorted(p.name for p in store.folder.iterdir())
+        clock.advance(timedelta(days=1))
+        activate_at = (T0 + PUBLISH_BEFORE_SIGN).isoformat()
+        with pytest.raises(KeyStoreError) as info:
+            store.rotate(clock.now())
+        assert str(info.value) == (
+            f"a new key set is already waiting to become active at {activate_at}; "
+            "use --now to activate a new set at once"
+        )
+        assert store.manifest_path.read_bytes() == written
+        assert sorted(p.name for p in store.folder.iterdir()) == files
+
+        # --now replaces the waiting set, which never signed: its private keys go.
+        t2 = clock.now()
+        result = store.rotate(t2, publish_for=timedelta(0))
+        assert set(result.discarded) == set(waiting.values())
+        new = {alg: store.active(alg).kid for alg in ALGS}
+        assert set(new.values()).isdisjoint(set(waiting.values()) | set(old.values()))
+        assert {(i.kid, i.retire_at) for i in result.retiring} == {
+            (kid, t2 + RETIRE_AFTER) for kid in old.values()
+        }
+        for kid in waiting.values():
+            assert not (store.folder / f"{kid}.key.pem").exists()
+        published = {k["kid"] for k in store.published()}
+        assert published == set(new.values()) | set(old.values())
+        manifest = json.loads(store.manifest_path.read_text())
+        assert {r["kid"] for r in manifest["retired"]} == set(waiting.values())
+        assert all("d" not in r["public_jwk"] for r in manifest["retired"])
+        # Long after that set would have signed, the --now set still does.
+        clock.advance(PUBLISH_BEFORE_SIGN)
+        assert {alg: store.active(alg).kid for alg in ALGS} == new
+
+
+def test_a_rotation_after_activation_is_allowed(store: KeyStore) -> None:
+    with clock.frozen(T0):
+        store.rotate(clock.now())
+        second = kids(store, "next")
+        clock.advance(PUBLISH_BEFORE_SIGN)
+        result = store.rotate(clock.now())
+        assert {i.kid for i in result.retiring} >= set(second.values())
+        assert kids(store, "active") == second
+        assert len(kids(store, "next")) == 2
+
+
+def test_two_stores_agree_on_the_switch_without_rereading(store: KeyStore) -> None:
+    other = KeyStore(store.folder)
+    with clock.frozen(T0):
+        store.rotate(clock.now())
+        new = kids(store, "next")
+        before = {alg: other.active(alg).kid for alg in ALGS}
+        assert before == {alg: store.active(alg).kid for alg in ALGS}
+        assert other.jwks() == store.jwks()
+        snapshot = other._snapshot
+        clock.advance(PUBLISH_BEFORE_SIGN)
+        for s in (store, other):
+            assert {alg: s.active(alg).kid for alg in ALGS} == new
+        assert other.jwks() == store.jwks()
+        assert other._snapshot is snapshot  # the clock moved, the manifest did not
+
+
+def test_a_manifest_without_activate_at_still_loads(store: KeyStore) -> None:
+    manifest = json.loads(store.manifest_path.read_text())
+    for key in manifest["keys"]:
+        del key["activate_at"]
+    store.manifest_path.write_text(json.dumps(manifest))
+    fresh = KeyStore(store.folder)
+    assert fresh.jwks(T0) == store.jwks(T0)
+    with clock.frozen(T0 + timedelta(days=1)):
+        fresh.rotate(clock.now())
+    assert len(fresh.published(T0 + timedelta(days=1))) == 4
+
+
+@pytest.fixture
+def rotated(store: KeyStore) -> KeyStore:
+    store.rotate(T0 + timedelta(hours=1))
+    return store
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda m: m["keys"][2].update(activate_at=None),
+        lambda m: m["keys"][3].pop("activate_at"),
+        lambda m: m["keys"][0].update(activate_at=m["keys"][2]["activate_at"]),
+        lambda m: m["keys"][2].update(retire_at=m["keys"][2]["activate_at"]),
+        lambda m: m["keys"][2].update(activate_at="2030-03-03T10:00:00"),
+        lambda m: m["keys"][2].update(state="pending"),
+        lambda m: m["keys"].append({**m["keys"][2], "kid": "B" * 43}),
+        lambda m: m["keys"][0].update(state="next", activate_at=m["keys"][2]["activate_at"]),
+    ],
+    ids=["next-without-activate_at", "next-missing-activate_at", "active-with-activate_at",
+         "next-with-retire_at", "naive-activate_at", "unknown-state", "two-next-per-alg",
+         "no-active-key"],
+)
+def test_a_tampered_next_key_stops_start_up(rotated: KeyStore, mutate: object) -> None:
+    manifest = json.loads(rotated.manifest_path.read_text())
+    assert [k["state"] for k in manifest["keys"]] == ["active", "active", "next", "next"]
+    mutate(manifest)  # type: ignore[operator]
+    rotated.manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(KeyStoreError, match=r"manifest\.json is malformed"):
+        KeyStore(rotated.folder).ensure()
 
 
 def test_leftovers_of_a_crashed_writer_are_swept(store: KeyStore) -> None:
@@ -272,13 +488,17 @@ def test_another_process_rotating_is_seen_on_the_next_use(store: KeyStore) -> No
     other = KeyStore(store.folder)
     before = other.jwks(T0)
     assert before == store.jwks(T0)
-    store.rotate(T0 + timedelta(hours=1))
-    after = other.jwks(T0 + timedelta(hours=1))
-    assert after != before
-    assert after == store.jwks(T0 + timedelta(hours=1))
-    assert other.active("ES256").kid == store.active("ES256").kid
-    store.rotate(T0 + timedelta(hours=2))
-    assert other.active("RS256").kid == store.active("RS256").kid
+    with clock.frozen(T0 + timedelta(hours=1)):
+        store.rotate(clock.now())
+        after = other.jwks()
+        assert after != before
+        assert after == store.jwks()
+        assert other.active("ES256").kid == store.active("ES256").kid
+        clock.advance(PUBLISH_BEFORE_SIGN)
+        assert other.active("ES256").kid == store.active("ES256").kid
+        store.rotate(clock.now())
+        assert other.active("RS256").kid == store.active("RS256").kid
+        assert other.jwks() == store.jwks()
 
 
 def test_threads_starting_together_make_one_key_set(tmp_path: Path) -> None:
@@ -363,18 +583,46 @@ def cli_env(settings: Settings) -> dict[str, str]:
     }
 
 
-def test_cli_rotate_prints_new_kids_and_retirement(settings: Settings) -> None:
+def test_cli_rotate_now_prints_new_kids_and_retirement(settings: Settings) -> None:
     store = KeyStore.for_settings(settings)
     store.ensure()
     old = store.active("RS256").kid
     with clock.frozen(T0):
-        result = CliRunner().invoke(main, ["keys", "rotate"], env=cli_env(settings))
-    assert result.exit_code == 0, result.output
-    new = store.active("RS256").kid
+        result = CliRunner().invoke(main, ["keys", "rotate", "--now"], env=cli_env(settings))
+        assert result.exit_code == 0, result.output
+        new = store.active("RS256").kid
     assert new != old
     assert f"new RS256 key {new} (active)" in result.output
     assert f"RS256 key {old} retires at {(T0 + RETIRE_AFTER).isoformat()}" in result.output
     assert "BEGIN" not in result.output
+
+
+def test_cli_rotate_publishes_first_and_refuses_a_second_rotation(settings: Settings) -> None:
+    store = KeyStore.for_settings(settings)
+    store.ensure()
+    old = store.active("RS256").kid
+    activated = T0 + PUBLISH_BEFORE_SIGN
+    with clock.frozen(T0):
+        result = CliRunner().invoke(main, ["keys", "rotate"], env=cli_env(settings))
+        assert result.exit_code == 0, result.output
+        assert store.active("RS256").kid == old
+        (new,) = [k.kid for k in store.entries() if k.state == "next" and k.alg == "RS256"]
+        assert (f"new RS256 key {new} (published now, signs from {activated.isoformat()})"
+                in result.output)
+        assert (f"RS256 key {old} retires at {(activated + RETIRE_AFTER).isoformat()}"
+                in result.output)
+        assert "BEGIN" not in result.output
+
+        again = CliRunner().invoke(main, ["keys", "rotate"], env=cli_env(settings))
+        assert again.exit_code == 1
+        lines = again.output.strip().splitlines()
+        assert lines == [
+            f"gateway: a new key set is already waiting to become active at "
+            f"{activated.isoformat()}; use --now to activate a new set at once"
+        ]
+        assert store.active("RS256").kid == old
+    with clock.frozen(activated):
+        assert store.active("RS256").kid == new
 
 
 def test_cli_rotate_fails_in_one_line_when_the_folder_is_unusable(

@@ -21,6 +21,7 @@ from gateway.accounts.models import Account
 from gateway.db import get_db
 from gateway.flows.types import ErrorCode
 from gateway.idp.oidc import views
+from gateway.keys import PUBLISH_BEFORE_SIGN, get_keys
 from gateway.levels import Level
 from tests.oidc_helpers import (
     ATTACKER,
@@ -110,6 +111,35 @@ def test_jwks_has_public_rs256_and_es256_keys_only(web: FlaskClient) -> None:
     for key in keys:
         assert key["kid"] and key["use"] == "sig"
         assert not {"d", "p", "q", "dp", "dq", "qi"} & set(key)
+
+
+def test_jwks_lists_a_new_key_before_it_signs(
+    app: Flask, web: FlaskClient, fake: FakeLogin, secret: str, frozen_clock: None
+) -> None:
+    def jwks_kids() -> list[str]:
+        return [k["kid"] for k in web.get("/oidc/jwks").get_json()["keys"] if k["alg"] == "RS256"]
+
+    def id_token_kid() -> str:
+        code, verifier = get_code(web)
+        body = exchange(web, code, verifier, secret=secret).get_json()
+        verify_id_token(web, body["id_token"])  # with the JWK Set as served at that moment
+        kid = jwt.decode(body["id_token"], KeySet.import_key_set(
+            web.get("/oidc/jwks").get_json())).header["kid"]
+        assert isinstance(kid, str)
+        return kid
+
+    keys = get_keys(app)
+    old = keys.active("RS256").kid
+    result = keys.rotate(clock.now())
+    (new,) = [i.kid for i in result.created if i.alg == "RS256"]
+    # Published at once, after the active key; the old key signs until activate_at.
+    clock.advance(PUBLISH_BEFORE_SIGN - timedelta(seconds=1))
+    assert jwks_kids() == [old, new]
+    assert id_token_kid() == old
+    # From activate_at exactly the new key signs; the old one stays published.
+    clock.advance(timedelta(seconds=1))
+    assert jwks_kids() == [new, old]
+    assert id_token_kid() == new
 
 
 # --- happy paths --------------------------------------------------------------------------

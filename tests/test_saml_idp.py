@@ -34,7 +34,7 @@ from gateway.db import get_db
 from gateway.flows.types import AuthnError, AuthnResult, ErrorCode, RpRequest
 from gateway.idp.saml import assertions, registry, views
 from gateway.idp.saml.crypto import XENC_NS
-from gateway.keys import get_keys
+from gateway.keys import PUBLISH_BEFORE_SIGN, get_keys
 from gateway.levels import Level
 from tests.conftest import TEST_REDIS
 
@@ -236,19 +236,56 @@ def test_metadata_is_signed_with_endpoints_and_validity(app: Flask, idp_metadata
 def test_metadata_lists_the_retiring_certificate_after_rotation(
     app: Flask, client: FlaskClient
 ) -> None:
-    with app.app_context():
+    with app.app_context(), clock.frozen():
         keys = get_keys(app)
         old = keys.active("RS256").kid
         keys.rotate(clock.now())
+        clock.advance(PUBLISH_BEFORE_SIGN)  # the new key signs from then on
         assert keys.active("RS256").kid != old
         new_cert = keys.active("RS256").certificate_pem()
-    assert new_cert is not None
-    metadata = client.get("/saml/idp/metadata").get_data(as_text=True)
+        assert new_cert is not None
+        metadata = client.get("/saml/idp/metadata").get_data(as_text=True)
     root = etree.fromstring(metadata.encode())
     certs = root.findall(f".//{{{registry.MD_NS}}}KeyDescriptor")
     assert len(certs) == 4  # active and retiring, each for signing and encryption
     # Signed with the new key: the server was rebuilt after the rotation.
     assert OneLogin_Saml2_Utils.validate_metadata_sign(metadata, new_cert.decode())
+
+
+def test_metadata_lists_the_next_certificate_before_it_signs(
+    app: Flask, client: FlaskClient
+) -> None:
+    def certificates(metadata: str) -> list[str]:
+        root = etree.fromstring(metadata.encode())
+        return [c.text or "" for c in root.iterfind(f".//{{{registry.MD_NS}}}KeyDescriptor"
+                                                    f"//{{{C.NS_DS}}}X509Certificate")]
+
+    def pem_body(pem: bytes | None) -> str:
+        assert pem is not None
+        return "".join(pem.decode().splitlines()[1:-1])
+
+    with app.app_context(), clock.frozen():
+        keys = get_keys(app)
+        old_cert = keys.active("RS256").certificate_pem()
+        assert old_cert is not None
+        result = keys.rotate(clock.now())
+        (new,) = [i for i in result.created if i.alg == "RS256"]
+        assert new.activate_at == clock.now() + PUBLISH_BEFORE_SIGN
+        new_cert = (keys.folder / f"{new.kid}.crt.pem").read_bytes()
+
+        # Published at once, after the active certificate; the old key still signs.
+        clock.advance(PUBLISH_BEFORE_SIGN - timedelta(seconds=1))
+        metadata = client.get("/saml/idp/metadata").get_data(as_text=True)
+        assert certificates(metadata) == [pem_body(old_cert)] * 2 + [pem_body(new_cert)] * 2
+        assert OneLogin_Saml2_Utils.validate_metadata_sign(metadata, old_cert.decode())
+        assert not OneLogin_Saml2_Utils.validate_metadata_sign(metadata, new_cert.decode())
+
+        # At activate_at exactly, the new key signs; the old one is listed until it retires.
+        clock.advance(timedelta(seconds=1))
+        metadata = client.get("/saml/idp/metadata").get_data(as_text=True)
+        assert certificates(metadata) == [pem_body(new_cert)] * 2 + [pem_body(old_cert)] * 2
+        assert OneLogin_Saml2_Utils.validate_metadata_sign(metadata, new_cert.decode())
+        assert not OneLogin_Saml2_Utils.validate_metadata_sign(metadata, old_cert.decode())
 
 
 # --- registry and CLI ---------------------------------------------------------------------

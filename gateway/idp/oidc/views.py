@@ -62,8 +62,9 @@ FLOW_ERRORS = {
     ErrorCode.FAILED: "access_denied",
     ErrorCode.EXPIRED: "access_denied",
 }
-#: Seconds relying parties may cache discovery and the JWK Set. Short for the JWK Set: a
-#: rotated key signs at once, and clients refetch on an unknown kid anyway.
+#: Seconds relying parties may cache discovery and the JWK Set. Short for the JWK Set: a new
+#: key is published two days before it signs (gateway.keys), but `keys rotate --now` makes
+#: one sign at once, and clients refetch on an unknown kid anyway.
 DISCOVERY_MAX_AGE = 3600
 JWKS_MAX_AGE = 300
 
