@@ -89,11 +89,25 @@ def record_event(
         record_event(session, account.id, EventKind.LOGIN, service="Belastingdienst",
                      level="midden", route="sms")
     """
-    # What the session holds goes first (the account row this event refers to may be new);
-    # then one prebuilt INSERT: every login writes one, and the ORM's unit of work would
-    # cost more than the row.
+    # What the session holds goes first (the account row this event refers to may be new).
     session.flush()
-    session.connection().execute(_INSERT_EVENT, {
+    insert_event(session.connection(), account_id, kind, service=service, level=level,
+                 route=route, at=at)
+
+
+def insert_event(
+    conn: sa.Connection,
+    account_id: str,
+    kind: EventKind | str,
+    *,
+    service: str | None = None,
+    level: str | None = None,
+    route: str | None = None,
+    at: datetime | None = None,
+) -> None:
+    """`record_event` on a connection: one prebuilt INSERT (every login writes one, and the
+    ORM's unit of work would cost more than the row)."""
+    conn.execute(_INSERT_EVENT, {
         "id": str(uuid.uuid4()),
         "account_id": account_id,
         "at": at or clock.now(),

@@ -332,6 +332,7 @@ def _flow_object(values: Mapping[Any, Any]) -> LoginFlow:
     flow.__dict__.update(values)
     return flow
 
+
 #: Every column of a new flow that create_flow does not set: its value at the start.
 _NEW_FLOW: dict[str, Any] = {
     "route": None, "account_id": None, "subject_key": None, "attributes": None,
@@ -733,7 +734,7 @@ def reuse_at_once(
         return None
     # Statements built once (`_reuse_statements`), on the session's connection: the ORM's
     # execution layer and building them per call cost more CPU than the queries.
-    read, touch, record = _reuse_statements()
+    read, touch = _reuse_statements()
     conn = db.connection()
     # A Row with the session's columns and the account's status and blocked_until: it
     # answers the same attribute reads as the ORM objects the helpers below take.
@@ -759,7 +760,10 @@ def reuse_at_once(
     if used.rowcount != 1:
         return None  # ended meanwhile (a logout in another tab)
     if row.account_id is not None:
-        _record_sso_event(conn, record, row.account_id, rp_request.rp_id, Level(row.level))
+        from gateway.accounts import history
+
+        history.insert_event(conn, row.account_id, history.EventKind.LOGIN,
+                             service=rp_request.rp_id, level=Level(row.level).label, route="sso")
     return AuthnResult(
         subject_key=row.subject_key or f"account:{row.account_id}",
         account_id=row.account_id,
@@ -772,16 +776,14 @@ def reuse_at_once(
     )
 
 
-_REUSE_STATEMENTS: list[tuple[sa.Select[Any], sa.Update, sa.Insert]] = []
+_REUSE_STATEMENTS: list[tuple[sa.Select[Any], sa.Update]] = []
 
 
-def _reuse_statements() -> tuple[sa.Select[Any], sa.Update, sa.Insert]:
+def _reuse_statements() -> tuple[sa.Select[Any], sa.Update]:
     """`reuse_at_once`'s statements, built at its first call: the SSO session joined with
-    its account's status, the session's use, and the owner's usage-history row."""
+    its account's status, and the session's use."""
     if _REUSE_STATEMENTS:
         return _REUSE_STATEMENTS[0]
-    from gateway.accounts import history
-
     sessions_t = cast(sa.Table, sso.SsoSession.__table__)
     accounts_t = cast(sa.Table, Account.__table__)
     read = (
@@ -794,30 +796,8 @@ def _reuse_statements() -> tuple[sa.Select[Any], sa.Update, sa.Insert]:
         .where(sessions_t.c.id == sa.bindparam("sso_id"), sessions_t.c.ended_at.is_(None))
         .values(last_seen_at=sa.bindparam("now"), rps=sa.bindparam("rps"))
     )
-    _REUSE_STATEMENTS.append(
-        (read, touch, sa.insert(cast(sa.Table, history.AccountEvent.__table__)))
-    )
+    _REUSE_STATEMENTS.append((read, touch))
     return _REUSE_STATEMENTS[0]
-
-
-def _record_sso_event(
-    conn: sa.Connection, insert: sa.Insert, account_id: str, rp_id: str, level: Level
-) -> None:
-    """`_record_history(..., "sso")` as one Core INSERT (no unit-of-work flush)."""
-    import uuid
-
-    from gateway.accounts import history
-
-    conn.execute(
-        insert,
-        {
-            "id": str(uuid.uuid4()), "account_id": account_id, "at": clock.now(),
-            "kind": history.EventKind.LOGIN.value,
-            "service": history._clip(rp_id, history.MAX_SERVICE),
-            "level": history._clip(level.label, history.MAX_LEVEL),
-            "route": history._clip("sso", history.MAX_ROUTE),
-        },
-    )
 
 
 def start_login(rp_request: RpRequest) -> BaseResponse:
