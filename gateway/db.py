@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -238,3 +238,35 @@ def current_revision(url: str) -> str | None:
             return rev
     finally:
         engine.dispose()
+
+
+# --- deleting what is due -------------------------------------------------------------------
+
+
+def delete_due(
+    db: Session | sa.Connection, key: Any, due: sa.ColumnElement[bool], limit: int | None = None
+) -> int:
+    """Delete at most `limit` rows (all when None) of `key`'s table for which `due` holds, in
+    the caller's transaction; returns how many went. `key` is the table's key column (or the
+    ORM attribute mapped to it). `due` is checked again on each row deleted, so a row that a
+    request changed since the sub-select found it stays unless it is still due; on PostgreSQL
+    rows locked by others are skipped (SKIP LOCKED: left for the next batch or run)."""
+    column = key.expression if hasattr(key, "expression") else key
+    table = column.table
+    doomed = sa.select(column).where(due).with_for_update(skip_locked=True, of=table)
+    if limit is not None:
+        doomed = doomed.limit(limit)
+    stmt = sa.delete(table).where(column.in_(doomed.scalar_subquery()), due)
+    result = db.execute(stmt)
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def in_batches(step: Callable[[int], int], batch_size: int) -> int:
+    """Run `step(batch_size)` (one batch, one transaction) until a batch comes back short:
+    nothing due is left, or another purger holds the rest. Returns the total."""
+    total = 0
+    while True:
+        done = step(batch_size)
+        total += done
+        if done < batch_size:
+            return total

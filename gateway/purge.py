@@ -57,7 +57,6 @@ earlier step of the run.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -69,6 +68,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from gateway import clock
 from gateway.accounts.models import AccountCode
 from gateway.accounts.policy import SessionPolicy
+from gateway.db import delete_due, in_batches
 from gateway.desks.eidas_links import EidasLinkCode
 from gateway.desks.models import FourEyesRequest
 from gateway.flows.login import LoginFlow
@@ -160,41 +160,9 @@ def sso_sessions_due(
 # --- batches ------------------------------------------------------------------------------
 
 
-def delete_due(
-    db: Session | sa.Connection,
-    key: InstrumentedAttribute[Any],
-    due: Condition,
-    limit: int | None = None,
-) -> int:
-    """Delete at most `limit` rows (all when None) of `key`'s table for which `due` holds, in
-    the caller's transaction; returns how many went. `due` is checked again on each row
-    deleted; on PostgreSQL rows locked by others are skipped (left for the next batch/run)."""
-    model = key.class_
-    doomed = sa.select(key).where(due).with_for_update(skip_locked=True, of=model)
-    if limit is not None:
-        doomed = doomed.limit(limit)
-    stmt = (
-        sa.delete(model)
-        .where(key.in_(doomed.scalar_subquery()), due)
-        .execution_options(synchronize_session=False)
-    )
-    result = db.execute(stmt)
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
-
 def count_due(db: Session | sa.Connection, key: InstrumentedAttribute[Any], due: Condition
               ) -> int:
     return int(db.execute(sa.select(sa.func.count(key)).where(due)).scalar_one())
-
-
-def _in_batches(step: Callable[[int], int], batch_size: int) -> int:
-    total = 0
-    while True:
-        done = step(batch_size)
-        total += done
-        # Fewer than a batch: nothing due is left, or another purger holds the rest.
-        if done < batch_size:
-            return total
 
 
 @dataclass(frozen=True)
@@ -251,7 +219,7 @@ def purge_all(
             with database.engine.begin() as conn:
                 return delete_due(conn, table.key, table.due, limit)
 
-        counts[table.name] = _in_batches(step, size)
+        counts[table.name] = in_batches(step, size)
 
     store = get_store(app)
     if not isinstance(store, DatabaseStore):
@@ -262,7 +230,7 @@ def purge_all(
                 conn, SharedState.key, SharedState.expires_at <= now
             )
     else:
-        counts["shared_state"] = _in_batches(
+        counts["shared_state"] = in_batches(
             lambda limit: store.purge_expired(limit, now=now), size
         )
     # Debug only: cron mails whatever reaches stderr; the command prints the counts.

@@ -32,7 +32,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway import clock
-from gateway.db import Base, UTCDateTime, make_engine
+from gateway.db import Base, UTCDateTime, delete_due, in_batches, make_engine
 from gateway.settings import Settings, normalise_database_url
 
 if TYPE_CHECKING:
@@ -386,13 +386,9 @@ class DatabaseStore:
         live again and stays. Rows locked by a write in progress are skipped (SKIP LOCKED),
         so the purge never waits behind a request; the next purge gets them.
         """
-        now = now or clock.now()
-        expired = _T.c.expires_at <= now
-        doomed = sa.select(_T.c.key).where(expired).with_for_update(skip_locked=True)
-        if limit is not None:
-            doomed = doomed.limit(limit)
-        stmt = sa.delete(_T).where(_T.c.key.in_(doomed.scalar_subquery()), expired)
-        return self._run(stmt, lambda r: int(r.rowcount or 0))
+        due = _T.c.expires_at <= (now or clock.now())
+        with self._transaction() as conn:
+            return delete_due(conn, _T.c.key, due, limit)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -648,9 +644,4 @@ def purge_expired(app: Flask | None = None) -> int:
     store = get_store(app)
     if not isinstance(store, DatabaseStore):
         return 0
-    total = 0
-    while True:
-        done = store.purge_expired(limit=PURGE_BATCH)
-        total += done
-        if done < PURGE_BATCH:
-            return total
+    return in_batches(lambda limit: store.purge_expired(limit), PURGE_BATCH)

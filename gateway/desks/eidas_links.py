@@ -50,7 +50,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from gateway import clock
 from gateway.accounts.models import Account, AccountStatus, new_id
 from gateway.crypto import SealError, seal, unseal
-from gateway.db import Base, UTCDateTime
+from gateway.db import Base, UTCDateTime, delete_due
 from gateway.desks.codes import ALPHABET, BODY_LENGTH, CODE_LENGTH, normalise_code
 from gateway.i18n import lazy_gettext
 from gateway.levels import Level
@@ -453,7 +453,7 @@ def purge_link_codes(
     (`gateway purge`, gateway.purge, runs it from cron in batches)."""
     from gateway import purge  # gateway.purge imports this module
 
-    return purge.delete_due(db, EidasLinkCode.id, purge.link_codes_due(clock.now(), older_than),
+    return delete_due(db, EidasLinkCode.id, purge.link_codes_due(clock.now(), older_than),
                             limit)
 
 

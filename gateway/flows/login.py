@@ -79,7 +79,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from gateway import clock
 from gateway.accounts.models import Account
 from gateway.crypto import SealError, seal, unseal
-from gateway.db import Base, UTCDateTime
+from gateway.db import Base, UTCDateTime, delete_due
 from gateway.flows import sessions as sso
 from gateway.flows.routes import (
     KIND_ACCOUNT,
@@ -396,7 +396,7 @@ def purge_flows(
     gateway.purge, runs it from cron in batches)."""
     from gateway import purge  # gateway.purge imports this module
 
-    return purge.delete_due(db, LoginFlow.id, purge.login_flows_due(clock.now(), older_than),
+    return delete_due(db, LoginFlow.id, purge.login_flows_due(clock.now(), older_than),
                             limit)
 
 

@@ -40,7 +40,7 @@ from joserfc.jwk import ECKey, KeySet, RSAKey
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from gateway import clock
-from gateway.db import Base, UTCDateTime
+from gateway.db import Base, UTCDateTime, delete_due
 from gateway.flows.types import AuthnResult
 from gateway.idp.oidc.clients import ENCRYPTION_ALG, ENCRYPTION_ENC, SIGNING_ALGS, Client
 from gateway.keys import KeyStore, SigningKey
@@ -440,7 +440,7 @@ def purge(db: Session, older_than: timedelta = timedelta(days=1)) -> int:
     `gateway purge` (gateway.purge) does the same from cron, in batches, tokens first."""
     from gateway import purge as purging  # gateway.purge imports this module
 
-    return purging.delete_due(db, OidcGrant.id, purging.oidc_grants_due(clock.now(), older_than))
+    return delete_due(db, OidcGrant.id, purging.oidc_grants_due(clock.now(), older_than))
 
 
 # --- ID tokens ----------------------------------------------------------------------------
