@@ -79,7 +79,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from gateway import clock
 from gateway.accounts.models import Account
 from gateway.crypto import SealError, seal, unseal
-from gateway.db import Base, UTCDateTime, delete_due
+from gateway.db import Base, Prepared, UTCDateTime, delete_due
 from gateway.flows import sessions as sso
 from gateway.flows.routes import (
     KIND_ACCOUNT,
@@ -738,7 +738,7 @@ def reuse_at_once(
     conn = db.connection()
     # A Row with the session's columns and the account's status and blocked_until: it
     # answers the same attribute reads as the ORM objects the helpers below take.
-    row: Any = conn.execute(read, {"sso_id": sso.token_id(settings, token)}).one_or_none()
+    row: Any = read.execute(conn, {"sso_id": sso.token_id(settings, token)}).one_or_none()
     now = clock.now()
     if (
         row is None or row.ended_at is not None
@@ -756,7 +756,7 @@ def reuse_at_once(
     rps = list(json.loads(row.rps))
     if rp_request.rp_id not in rps and len(rps) < sso.MAX_RPS:
         rps.append(rp_request.rp_id)
-    used = conn.execute(touch, {"sso_id": row.id, "now": now, "rps": json.dumps(rps)})
+    used = touch.execute(conn, {"sso_id": row.id, "now": now, "rps": json.dumps(rps)})
     if used.rowcount != 1:
         return None  # ended meanwhile (a logout in another tab)
     if row.account_id is not None:
@@ -776,12 +776,13 @@ def reuse_at_once(
     )
 
 
-_REUSE_STATEMENTS: list[tuple[sa.Select[Any], sa.Update]] = []
+_REUSE_STATEMENTS: list[tuple[Prepared, Prepared]] = []
 
 
-def _reuse_statements() -> tuple[sa.Select[Any], sa.Update]:
+def _reuse_statements() -> tuple[Prepared, Prepared]:
     """`reuse_at_once`'s statements, built at its first call: the SSO session joined with
-    its account's status, and the session's use."""
+    its account's status, and the session's use; sent to the driver as compiled
+    (`gateway.db.Prepared`)."""
     if _REUSE_STATEMENTS:
         return _REUSE_STATEMENTS[0]
     sessions_t = cast(sa.Table, sso.SsoSession.__table__)
@@ -796,7 +797,7 @@ def _reuse_statements() -> tuple[sa.Select[Any], sa.Update]:
         .where(sessions_t.c.id == sa.bindparam("sso_id"), sessions_t.c.ended_at.is_(None))
         .values(last_seen_at=sa.bindparam("now"), rps=sa.bindparam("rps"))
     )
-    _REUSE_STATEMENTS.append((read, touch))
+    _REUSE_STATEMENTS.append((Prepared(read), Prepared(touch)))
     return _REUSE_STATEMENTS[0]
 
 

@@ -40,7 +40,7 @@ from joserfc.jwk import ECKey, KeySet, RSAKey
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from gateway import clock
-from gateway.db import Base, UTCDateTime, delete_due
+from gateway.db import Base, Prepared, UTCDateTime, delete_due
 from gateway.flows.types import AuthnResult
 from gateway.idp.oidc.clients import ENCRYPTION_ALG, ENCRYPTION_ENC, SIGNING_ALGS, Client
 from gateway.keys import KeyStore, SigningKey
@@ -197,6 +197,11 @@ _CONSUME = (
     )
     .returning(*_GRANTS.c)
 )
+# Sent to the driver as compiled (gateway.db.Prepared): these run on every code exchange.
+_RUN_INSERT_GRANT = Prepared(_INSERT_GRANT)
+_RUN_CONSUME = Prepared(_CONSUME)
+_RUN_INSERT_ACCESS = Prepared(_INSERT_ACCESS)
+_RUN_INSERT_ACCESS_REFRESH = Prepared(_INSERT_ACCESS_REFRESH)
 
 
 #: HMACs keyed for one purpose under one secret key, copied for every value: the key is
@@ -247,8 +252,8 @@ def create_grant(
     # One Core INSERT on the session's connection, in the caller's transaction: nothing reads
     # the row back in this request (and the ORM's execution layer would cost more CPU than
     # the INSERT).
-    db.connection().execute(
-        _INSERT_GRANT,
+    _RUN_INSERT_GRANT.execute(
+        db.connection(),
         {
             "id": str(uuid.uuid4()),
             "code_hash": _mac(settings, CODE_PURPOSE, code),
@@ -292,8 +297,8 @@ def consume_code(
     now = clock.now()
     # RETURNING hands back the row the UPDATE won: one round trip instead of two on the
     # token endpoint's hot path (bench/oidc_compare.py).
-    won = db.connection().execute(
-        _CONSUME, {"b_code_hash": code_hash, "b_client_id": client_id, "b_now": now}
+    won = _RUN_CONSUME.execute(
+        db.connection(), {"b_code_hash": code_hash, "b_client_id": client_id, "b_now": now}
     ).one_or_none()
     if won is not None and won.client_id == client_id and won.code_used_at is not None:
         if commit_win:
@@ -301,7 +306,7 @@ def consume_code(
         # A detached copy of the row (nothing writes to it through the ORM), made without the
         # constructor's per-attribute events.
         grant: OidcGrant = _GRANT_MANAGER.new_instance()
-        grant.__dict__.update(won._mapping)
+        grant.__dict__.update(won._asdict())
         return grant
     # Replay (or a code of another client): revoke the family the first use started.
     db.execute(
@@ -344,7 +349,7 @@ def issue_tokens(
         refresh_token = new_token()
         values["r_hash"] = _mac(settings, REFRESH_PURPOSE, refresh_token)
         values["r_expires"] = min(now + REFRESH_TOKEN_LIFETIME, grant.expires_at)
-    db.connection().execute(_INSERT_ACCESS_REFRESH if refresh else _INSERT_ACCESS, values)
+    (_RUN_INSERT_ACCESS_REFRESH if refresh else _RUN_INSERT_ACCESS).execute(db.connection(), values)
     return IssuedTokens(
         access_token=access,
         expires_in=max(1, int((access_expires - now).total_seconds())),
