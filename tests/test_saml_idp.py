@@ -217,6 +217,9 @@ def test_metadata_is_signed_with_endpoints_and_validity(app: Flask, idp_metadata
     valid_until = datetime.strptime(root.get("validUntil"), "%Y-%m-%dT%H:%M:%SZ")
     days = (valid_until.replace(tzinfo=UTC) - clock.now()).total_seconds() / 86400
     assert 6.9 < days <= 7.0
+    # SPs are asked to refetch well within the 2 days a new key is listed before it signs.
+    assert root.get("cacheDuration") == "PT43200S"
+    assert timedelta(seconds=43200) * 2 <= PUBLISH_BEFORE_SIGN
     ns = {"md": registry.MD_NS}
     bindings = {
         (e.tag.split("}")[1], e.get("Binding"))

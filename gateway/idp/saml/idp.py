@@ -49,6 +49,11 @@ ARTIFACT_RESOLUTION_INDEX: Final = 1
 #: for keys.RETIRE_AFTER (7 days); metadata valid for as long means an SP that refreshes
 #: when its copy expires always knows the key signing its assertions.
 METADATA_VALIDITY: Final = timedelta(days=7)
+#: How often SPs should fetch the metadata again (the root's cacheDuration, SAML metadata
+#: 2.3.2). A new key is listed keys.PUBLISH_BEFORE_SIGN (2 days) before it signs: an SP that
+#: refreshes as asked has it well before then, while validUntil lets one that cannot reach
+#: us keep working on its copy.
+METADATA_CACHE_DURATION: Final = timedelta(hours=12)
 #: Assertion lifetime (NotOnOrAfter of conditions and subject confirmation): DigiD uses about
 #: 4 minutes; long enough for a slow browser POST, short enough to limit replay.
 ASSERTION_LIFETIME: Final = timedelta(minutes=4)
@@ -177,6 +182,7 @@ def metadata_xml(settings: Settings, keys: KeyStore, server: Server) -> str:
     """
     descriptor = entity_descriptor(server.config)
     descriptor.valid_until = (clock.now() + METADATA_VALIDITY).strftime("%Y-%m-%dT%H:%M:%SZ")
+    descriptor.cache_duration = f"PT{int(METADATA_CACHE_DURATION.total_seconds())}S"
     key_descriptors = []
     for cert in keys.certificates():
         text = "".join(
