@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from gateway import clock
-from gateway.db import Base, UTCDateTime
+from gateway.db import Base, Prepared, UTCDateTime
 
 #: `list_events` never returns more than this many rows at once.
 MAX_LIST = 500
@@ -105,9 +105,9 @@ def insert_event(
     route: str | None = None,
     at: datetime | None = None,
 ) -> None:
-    """`record_event` on a connection: one prebuilt INSERT (every login writes one, and the
-    ORM's unit of work would cost more than the row)."""
-    conn.execute(_INSERT_EVENT, {
+    """`record_event` on a connection: one prebuilt INSERT sent to the driver as compiled
+    (every login writes one, and the ORM's unit of work would cost more than the row)."""
+    _INSERT_EVENT.execute(conn, {
         "id": str(uuid.uuid4()),
         "account_id": account_id,
         "at": at or clock.now(),
@@ -119,9 +119,9 @@ def insert_event(
 
 
 _EVENTS = cast(sa.Table, AccountEvent.__table__)
-_INSERT_EVENT = sa.insert(_EVENTS).values(
+_INSERT_EVENT = Prepared(sa.insert(_EVENTS).values(
     {column.key: sa.bindparam(column.key) for column in _EVENTS.columns}
-)
+))
 
 
 def list_events(session: Session, account_id: str, limit: int = 50) -> list[AccountEvent]:
