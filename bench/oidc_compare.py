@@ -720,7 +720,7 @@ def main() -> None:
                     profile(ours, args.profile, args.profile_count)
                     return
                 providers.append(Theirs(_free_port(), pg_url, args.workers))
-                print(f"ours: gateway serve --workers {args.workers} (gunicorn gthread); "
+                print(f"ours: gateway serve --workers {args.workers} (granian WSGI); "
                       f"theirs: oidc-provider, node cluster of {args.workers}; "
                       f"both on PostgreSQL ({sa_url.rsplit('/', 1)[1]})", flush=True)
                 compare(args, ours, providers[1])  # type: ignore[arg-type]

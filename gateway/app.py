@@ -101,9 +101,12 @@ MAX_PROXY_HOPS = 5
 def _trust_proxies(app: Flask, settings: Settings) -> None:
     """Behind N reverse proxies (GATEWAY_PROXY_HOPS=N), take the client address, scheme and
     host from the X-Forwarded-* headers they add, so per-IP limits count clients, not the
-    proxy. Never more hops than configured: a client could otherwise forge its address."""
+    proxy. Never more hops than configured: a client could otherwise forge its address.
+    Only from a direct peer in GATEWAY_FORWARDED_ALLOW_IPS (gateway.forwarded): from others
+    the headers are dropped."""
     from werkzeug.middleware.proxy_fix import ProxyFix
 
+    from gateway.forwarded import TrustedPeersOnly, allowed_peers
     from gateway.settings import SettingsError
 
     raw = settings.environ.get("GATEWAY_PROXY_HOPS", "0").strip() or "0"
@@ -112,9 +115,11 @@ def _trust_proxies(app: Flask, settings: Settings) -> None:
             f"GATEWAY_PROXY_HOPS: must be a whole number from 0 to {MAX_PROXY_HOPS}"
         )
     hops = int(raw)
+    allowed = allowed_peers(settings.environ)  # checked even without proxies: fail at start
     if hops:
-        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
-            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops
+        fixed = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
+        app.wsgi_app = (  # type: ignore[method-assign]
+            fixed if allowed is None else TrustedPeersOnly(app.wsgi_app, fixed, allowed)
         )
 
 

@@ -65,16 +65,22 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; an IPv6 address such as :: works too.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Worker processes (4 request threads each); a dead one is restarted.")
 @one_line_errors
 def serve(host: str, port: int, workers: int) -> None:
-    """Run the gateway (gunicorn; several worker processes with --workers)."""
+    """Run the gateway (granian, HTTP/1.1; several worker processes with --workers).
+
+    Put it behind a reverse proxy (GATEWAY_PROXY_HOPS, GATEWAY_FORWARDED_ALLOW_IPS); SIGTERM
+    lets requests in flight finish (10 s at most).
+    """
     from gateway.server import run
 
     settings = load_settings()
-    load_app(settings)  # fail fast, with one line, before gunicorn forks
+    load_app(settings)  # fail fast, with one line, before granian starts its workers
     run(settings, host=host, port=port, workers=workers)
 
 

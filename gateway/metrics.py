@@ -14,10 +14,15 @@ Label values must come from small fixed sets (a country code, a provider name, a
 never a phone number, a BSN, a user name, an IP address or a raw URL path. Label *names* that
 invite such values are refused outright.
 
-Several gunicorn workers each count in their own process; `gateway.server` points
+Several granian workers each count in their own process; `gateway.server` points
 PROMETHEUS_MULTIPROC_DIR at a folder in the instance dir (emptied at start) so `/metrics`
 adds them up. prometheus_client chooses its storage when it is first imported, so this module
-imports it only when a metric is first used, which is after gunicorn has forked the workers.
+imports it only when a metric is first used, which is after granian has started the workers.
+
+Only counters and histograms exist here. prometheus_client keeps the files of a worker that
+died or was restarted on purpose, so its counts stay in the sums (a counter must never go
+down); its `mark_process_dead` only removes live gauges, which we do not have. So no hook runs
+when a worker exits (granian offers none; gunicorn's child_exit called one).
 """
 
 from __future__ import annotations
@@ -155,14 +160,6 @@ def prepare_multiprocess_dir(folder: Path) -> None:
         # go to the shared files. Metrics made earlier with prometheus_client directly cannot
         # be fixed, which is why subsystems declare theirs through this module.
         values.ValueClass = values.get_value_class()  # type: ignore[attr-defined]
-
-
-def worker_exited(pid: int) -> None:
-    """Tell prometheus_client a worker is gone (gunicorn's child_exit hook)."""
-    if os.environ.get(MULTIPROC_ENV):
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 # HTTP requests by endpoint name (never the raw path) and status.

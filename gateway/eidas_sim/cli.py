@@ -126,7 +126,7 @@ def load_eidas_block(settings: Settings) -> dict[str, object]:
 class SimProcess:
     """The simulator in a process of its own (a fresh interpreter, not a fork), as the demo
     portal runs (gateway.portal.serve); only the process that started it stops it, so a
-    gunicorn worker leaving `run()` leaves it alone."""
+    server worker (a fork) leaving `run()` leaves it alone."""
 
     def __init__(self, settings: Settings, host: str, url: str) -> None:
         self._owner = os.getpid()

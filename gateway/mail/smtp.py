@@ -42,7 +42,9 @@ from gateway.settings import Settings, SettingsError
 log = logging.getLogger(__name__)
 
 #: Seconds for connecting and for each read or write on the connection. A relay that is down
-#: must fail a request quickly, not hold a worker (gunicorn's default timeout is 30 s).
+#: must fail a request quickly, not hold a worker thread: granian has no per-request timeout, so
+#: what a request waits for bounds it (this, the SMS and HTTP clients' timeouts, Redis's socket
+#: timeout, SQLite's busy timeout).
 SMTP_TIMEOUT_SECONDS = 10.0
 
 DEFAULT_PORTS = {"smtp": 25, "smtps": 465}

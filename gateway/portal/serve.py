@@ -1,15 +1,16 @@
 """Serving the demo portal beside the gateway (`gateway demo --portal-port`).
 
-gunicorn serves one application per master, so the portal runs in a second process: a fresh
-interpreter (`python -m gateway.portal.serve HOST PORT URL`), not a fork, so nothing is shared
-with gunicorn's workers and nothing is forked from a process with threads. Its settings come
-from the same environment, with the demo's issuer and demo flag added. It uses werkzeug's
-threaded server, which is enough for a demo relying party on loopback.
+The gateway's server (granian, gateway.server) serves one application, so the portal runs in a
+second process: a fresh interpreter (`python -m gateway.portal.serve HOST PORT URL`), not a
+fork, so nothing is shared with the gateway's workers and nothing is forked from a process with
+threads. Its settings come from the same environment, with the demo's issuer and demo flag
+added. It uses werkzeug's threaded server, which is enough for a demo relying party on
+loopback (it never needed gunicorn, nor does it need granian).
 
 Ctrl+C: the terminal sends SIGINT to the whole process group; the portal exits quietly, and
-`gateway demo` also stops it when gunicorn returns. gunicorn forks its workers inside
-`run()`, so a worker unwinding through the caller's `finally` must not touch the portal:
-`PortalProcess.stop` acts only in the process that started it.
+`gateway demo` also stops it when the server returns. granian forks its workers inside
+`run()`; should a worker ever unwind through the caller's `finally`, it must not touch the
+portal: `PortalProcess.stop` acts only in the process that started it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class PortalProcess:
 
     def stop(self) -> None:
         if os.getpid() != self._owner:
-            return  # a gunicorn worker (a fork of the owner) leaving run()
+            return  # a server worker (a fork of the owner) leaving run()
         if self._process.poll() is None:
             self._process.terminate()
             try:
