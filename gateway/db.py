@@ -224,8 +224,8 @@ class Prepared:
 
     Rules, checked when a statement is first compiled: every parameter the statement needs is
     passed (a column's Python-side default is *not* applied: pass the value); no expanding
-    (IN) or post-compile parameters. Cursor-execute events (`before_cursor_execute`) do not
-    see these statements.
+    (IN), callable or post-compile parameters. Cursor-execute events
+    (`before_cursor_execute`) do not see these statements.
     """
 
     __slots__ = ("_plans", "statement")
@@ -266,6 +266,17 @@ class Prepared:
         return PreparedResult([plan.row(r) for r in rows] if rows else [], rowcount)
 
 
+def transaction_connection(session: Session | sa.Connection) -> sa.Connection:
+    """The connection of the caller's transaction: a Session's, or a Connection itself,
+    whose transaction begins here when none has yet (as its first statement would), so a
+    `Prepared` statement can run on it."""
+    if isinstance(session, Session):
+        return session.connection()
+    if not session.in_transaction():
+        session.begin()
+    return session
+
+
 class _Plan:
     """One statement compiled for one dialect: its SQL, how to bind, how to read rows."""
 
@@ -281,17 +292,18 @@ class _Plan:
             compiled.positiontup if dialect.positional else list(compiled.bind_names.values())
         )
         by_name = {name: bind for bind, name in compiled.bind_names.items()}
-        #: Per parameter in the order the SQL takes them: its name in the SQL, the key to
-        #: look up in the caller's parameters (None: the statement's own literal), the
-        #: literal value, and the type's bind conversion.
-        self.binds: list[tuple[str, str | None, Any, Callable[[Any], Any] | None]] = []
+        #: Per parameter in the order the SQL takes them: its name in the SQL, its key,
+        #: whether the statement has a value of its own for it (a literal, `values(x=None)`;
+        #: as in SQLAlchemy, a parameter passed under its key or name wins), that value, and
+        #: the type's bind conversion.
+        self.binds: list[tuple[str, str, bool, Any, Callable[[Any], Any] | None]] = []
         for name in names:
             bind = by_name[name]
-            if bind.expanding:
-                raise ValueError("Prepared: expanding (IN) parameters are not supported")
-            literal = not bind.required and (bind.value is not None or bind.callable is not None)
-            value = bind.effective_value if literal else None
-            self.binds.append((name, None if literal else bind.key, value,
+            if bind.expanding or bind.callable is not None:
+                raise ValueError("Prepared: expanding (IN) or callable parameters are not "
+                                 "supported")
+            own = not bind.required
+            self.binds.append((name, bind.key, own, bind.effective_value if own else None,
                                bind.type.dialect_impl(dialect).bind_processor(dialect)))
         self.positional = bool(dialect.positional)
         exported = getattr(statement, "exported_columns", None)
@@ -306,9 +318,16 @@ class _Plan:
 
     def arguments(self, params: Mapping[str, Any]) -> Any:
         values = []
-        for _name, key, literal, process in self.binds:
-            # KeyError: a parameter the statement needs is missing.
-            value = literal if key is None else params[key]
+        for name, key, own, default, process in self.binds:
+            # Looked up as SQLAlchemy does: by the parameter's key, then by its name in the
+            # SQL (a column's, for the statement's own values). KeyError: a parameter the
+            # statement needs is missing.
+            if key in params:
+                value = params[key]
+            elif own:
+                value = params.get(name, default)
+            else:
+                value = params[name]
             values.append(process(value) if process is not None and value is not None else value)
         if self.positional:
             return values

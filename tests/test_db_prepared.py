@@ -80,6 +80,13 @@ def test_insert_select_update_returning_agree(table: tuple[sa.Engine, sa.Table])
         none = update.execute(conn, {"key": "k1", "when": later})  # at IS NULL: no row
         assert none.rowcount == 0 and none.first() is None and none.all() == []
 
+        # A value the statement carries (here NULL) is used unless a parameter overrides it.
+        clear = Prepared(sa.update(t).where(t.c.id == sa.bindparam("key")).values(note=None))
+        assert clear.execute(conn, {"key": "k0"}).rowcount == 1
+        assert conn.execute(sa.select(t.c.note).where(t.c.id == "k0")).scalar() is None
+        assert clear.execute(conn, {"key": "k0", "note": "kept"}).rowcount == 1
+        assert conn.execute(sa.select(t.c.note).where(t.c.id == "k0")).scalar() == "kept"
+
 
 def test_statements_see_and_join_the_orm_transaction(table: tuple[sa.Engine, sa.Table]) -> None:
     engine, t = table
