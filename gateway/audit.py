@@ -41,7 +41,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Mapper, Session, mapped_column
 
 from gateway import clock
-from gateway.db import Base, UTCDateTime
+from gateway.db import Base, Prepared, UTCDateTime
 from gateway.desks.bsn import is_valid_bsn
 from gateway.settings import Settings
 
@@ -125,9 +125,14 @@ class AuditHead(Base):
 
 _ENTRIES: sa.Table = AuditEntry.__table__  # type: ignore[assignment]
 _HEAD: sa.Table = AuditHead.__table__  # type: ignore[assignment]
-_LOCK_HEAD = sa.select(_HEAD.c.last_seq, _HEAD.c.last_hash).where(_HEAD.c.id == 1).with_for_update()
-_INSERT_ENTRY = sa.insert(_ENTRIES)
-_MOVE_HEAD = (
+# Sent to the driver as compiled (gateway.db.Prepared): every login appends an entry.
+_LOCK_HEAD = Prepared(
+    sa.select(_HEAD.c.last_seq, _HEAD.c.last_hash).where(_HEAD.c.id == 1).with_for_update()
+)
+_INSERT_ENTRY = Prepared(sa.insert(_ENTRIES).values(
+    {column.key: sa.bindparam(column.key) for column in _ENTRIES.columns}
+))
+_MOVE_HEAD = Prepared(
     sa.update(_HEAD)
     .where(_HEAD.c.id == 1)
     .values(last_seq=sa.bindparam("b_seq"), last_hash=sa.bindparam("b_hash"))
@@ -219,8 +224,8 @@ def record(
     # Statements built once, on the session's connection: no unit of work and no ORM
     # execution layer on every login.
     conn = session.connection()
-    conn.execute(_INSERT_ENTRY, values)
-    conn.execute(_MOVE_HEAD, {"b_seq": seq, "b_hash": entry_hash})
+    _INSERT_ENTRY.execute(conn, values)
+    _MOVE_HEAD.execute(conn, {"b_seq": seq, "b_hash": entry_hash})
     return AuditEntry(**values)
 
 
@@ -249,7 +254,7 @@ def _check_fields(fields: dict[str, str | None]) -> None:
 def _lock_head(session: Session) -> tuple[int, str]:
     """The head's (last_seq, last_hash), locked until the caller's transaction ends."""
     conn = session.connection()
-    row = conn.execute(_LOCK_HEAD).one_or_none()
+    row = _LOCK_HEAD.execute(conn, {}).one_or_none()
     if row is None:
         # First entry ever: two processes may race to create the head; the loser's insert
         # waits for the winner's commit and then does nothing, and both lock the one row.
@@ -260,7 +265,8 @@ def _lock_head(session: Session) -> tuple[int, str]:
             .values(id=1, last_seq=0, last_hash=GENESIS_HASH)
             .on_conflict_do_nothing(index_elements=["id"])
         )
-        row = conn.execute(_LOCK_HEAD).one()
+        row = _LOCK_HEAD.execute(conn, {}).one_or_none()
+        assert row is not None  # the head exists now
     return int(row.last_seq), str(row.last_hash)
 
 

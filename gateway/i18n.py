@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from flask import Flask, g, has_request_context, request
-from flask_babel import Babel, gettext, lazy_gettext, ngettext
+from flask_babel import Babel, get_translations, gettext, lazy_gettext, ngettext
 
 if TYPE_CHECKING:
     from flask import Response
@@ -61,6 +61,23 @@ def select_language() -> str:
     return language
 
 
+def _translations() -> Any:
+    """Flask-Babel's translations for this request (`get_translations`), kept in `g` for
+    the locale Flask-Babel chose (a `force_locale` block has its own); outside a request or
+    app context, Flask-Babel's answer as it is."""
+    try:
+        state = g.get("_flask_babel")
+        cached = g.get("_gateway_translations")
+    except RuntimeError:  # no app context
+        return get_translations()
+    locale = getattr(state, "babel_locale", None)
+    if cached is not None and locale is not None and cached[0] is locale:
+        return cached[1]
+    translations = get_translations()
+    g._gateway_translations = (getattr(g.get("_flask_babel"), "babel_locale", None), translations)
+    return translations
+
+
 def current_language() -> str:
     """The language of the current request ("nl" or "en"); Dutch outside a request."""
     return select_language()
@@ -76,6 +93,16 @@ def init_app(app: Flask, settings: Settings) -> Babel:
         locale_selector=select_language,
     )
     secure = settings.https
+    # Templates translate through the request's translations looked up once (Flask-Babel's
+    # own template callables resolve the domain, the locale and its cache key for every
+    # string, and a page has about fifteen); the same catalogs, so the same text.
+    app.jinja_env.install_gettext_callables(  # type: ignore[attr-defined]
+        gettext=lambda s: _translations().ugettext(s),
+        ngettext=lambda s, p, n: _translations().ungettext(s, p, n),
+        newstyle=True,
+        pgettext=lambda c, s: _translations().upgettext(c, s),
+        npgettext=lambda c, s, p, n: _translations().unpgettext(c, s, p, n),
+    )
 
     @app.after_request
     def _remember_language(response: Response) -> Response:
@@ -92,8 +119,10 @@ def init_app(app: Flask, settings: Settings) -> Babel:
             )
         if response.mimetype == "text/html":
             # The same URL answers in another language for another browser or cookie.
-            response.vary.add("Accept-Language")
-            response.vary.add("Cookie")
+            if "Vary" in response.headers:
+                response.vary.update(("Accept-Language", "Cookie"))
+            else:
+                response.headers["Vary"] = "Accept-Language, Cookie"
         return response
 
     app.jinja_env.globals["current_language"] = current_language

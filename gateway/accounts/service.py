@@ -51,8 +51,9 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Flask, current_app
 from flask_babel.speaklater import LazyString
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from gateway import audit, clock
 from gateway.accounts.history import EventKind, record_event
@@ -60,7 +61,7 @@ from gateway.accounts.models import Account, AccountCode, AccountStatus
 from gateway.accounts.passwords import PasswordProblem, Passwords, check_new_password
 from gateway.accounts.policy import AccountsPolicy, LockoutPolicy, PasswordPolicy
 from gateway.app import get_policies, get_settings
-from gateway.db import UTCDateTime, get_db
+from gateway.db import Prepared, UTCDateTime, get_db
 from gateway.desks.codes import (
     CodeKind,
     code_hmac,
@@ -303,13 +304,13 @@ def find_account(session: Session, username: str) -> Account | None:
     key = username_key(username)
     if key is None:
         return None
-    # populate_existing: a long-lived session must see counters that UPDATEs changed.
-    query = (
-        sa.select(Account)
-        .where(Account.username_key == key)
-        .execution_options(populate_existing=True)
-    )
-    return session.scalars(query).first()
+    # As stored now (a long-lived session must see counters that UPDATEs changed), read by
+    # one prebuilt SELECT (see `read_account`), which does not autoflush as a query would:
+    # an account added to this session and not yet flushed is flushed first.
+    if session.new:
+        session.flush()
+    row = _FIND_ACCOUNT.execute(session.connection(), {"b_key": key}).first()
+    return None if row is None else _loaded(session, row)
 
 
 def _audit(
@@ -342,10 +343,48 @@ def reload(session: Session, account: Account) -> Account:
 #: Every column of an account, for RETURNING the row an UPDATE leaves.
 _ACCOUNT_COLUMNS = tuple(Account.__table__.columns)
 _ACCOUNTS: sa.Table = Account.__table__  # type: ignore[assignment]
+#: Statements of every login, sent to the driver as compiled (gateway.db.Prepared).
+_READ_ACCOUNT = Prepared(sa.select(_ACCOUNTS).where(_ACCOUNTS.c.id == sa.bindparam("b_id")))
+_FIND_ACCOUNT = Prepared(
+    sa.select(_ACCOUNTS).where(_ACCOUNTS.c.username_key == sa.bindparam("b_key"))
+)
+_ACCOUNT_MAPPER = sa.inspect(Account)
+
+
+def read_account(session: Session, account_id: str) -> Account | None:
+    """The account as stored now, read in the caller's transaction: what
+    `session.get(Account, account_id, populate_existing=True)` gives.
+
+    One prebuilt SELECT on the session's connection instead of the ORM's load (a login
+    reads its account in several requests, and the ORM's load costs several times the
+    SELECT); the object then joins the session as loaded, so later reads in this session
+    find it and changes to it flush as usual. An account already in the session is
+    refreshed through the ORM instead."""
+    if identity_key(Account, account_id) in session.identity_map:
+        return session.get(Account, account_id, populate_existing=True)
+    row = _READ_ACCOUNT.execute(session.connection(), {"b_id": account_id}).first()
+    return None if row is None else _loaded(session, row)
+
+
+def _loaded(session: Session, row: Any) -> Account:
+    """The Account of a whole row just read (a `Prepared` row), in the session as an ORM
+    load leaves it (with populate_existing: an object the session already holds takes the
+    row's values)."""
+    if not _ACCOUNT_MAPPER.configured:
+        sa.orm.configure_mappers()
+    values = row._asdict()
+    held = session.identity_map.get(identity_key(Account, values["id"]))
+    if held is not None:
+        return session.get(Account, values["id"], populate_existing=True) or held
+    account: Account = _ACCOUNT_MAPPER.class_manager.new_instance()
+    account.__dict__.update(values)
+    make_transient_to_detached(account)
+    session.add(account)
+    return account
 #: A login with the right password: the failure count and any backoff cleared, the time of
 #: the login set, the hash replaced when `b_hash` is not NULL (rehash); only while the account
 #: is active and not blocked. Built once: it runs at every login.
-_LOGGED_IN = (
+_LOGGED_IN = Prepared(
     sa.update(_ACCOUNTS)
     .where(
         _ACCOUNTS.c.id == sa.bindparam("b_id"),
@@ -358,7 +397,7 @@ _LOGGED_IN = (
     .values(
         failed_logins=0,
         block_count=0,
-        blocked_until=None,
+        blocked_until=sa.null(),
         last_login_at=sa.bindparam("b_now", type_=UTCDateTime()),
         password_hash=sa.func.coalesce(
             sa.bindparam("b_hash", type_=sa.String()), _ACCOUNTS.c.password_hash
@@ -940,6 +979,7 @@ def check_password(
     password: str,
     ip: str | None,
     app: Flask | None = None,
+    commit: bool = True,
 ) -> Account:
     """The first login step: the account when username and password are right and it is
     active and not blocked.
@@ -947,6 +987,9 @@ def check_password(
     Counts a failure in the row (blocking after `lockout.max_failures`, with backoff), clears
     the count and the backoff on success, rehashes the password when the argon2 parameters
     changed, and sets `last_login_at`. `app` (default: the current app) gives the store.
+    Every refusal is committed here. `commit` False: a success (the account's UPDATE and its
+    audit entry) is left in the session's open transaction, for the caller to commit
+    together with what the login writes next (one transaction instead of two).
 
     Raises LoginFailed, AccountBlocked (right password only), TooManyAttempts, TryLater.
     """
@@ -981,7 +1024,7 @@ def check_password(
     new_hash = passwords.hash(password) if passwords.needs_rehash(account.password_hash) else None
     # Only when no parallel request blocked the account meanwhile. RETURNING gives the row
     # as it now is, which the caller gets (no second read).
-    cleared = session.connection().execute(_LOGGED_IN, {
+    cleared = _LOGGED_IN.execute(session.connection(), {
         "b_id": account.id, "b_now": now, "b_hash": new_hash,
     }).first()
     if cleared is None:
@@ -992,7 +1035,9 @@ def check_password(
             raise AccountBlocked(account.blocked_until)
         raise LoginFailed()
     _audit(session, settings, account, "account.login", "success:password")
-    session.commit()
+    if commit:
+        session.commit()
+    # The password was right: this attempt does not use up the address's budget.
     throttle.give_back()
     for column, value in zip(_ACCOUNT_COLUMNS, cleared, strict=True):
         set_committed_value(account, column.key, value)

@@ -256,24 +256,25 @@ def create_flow(db: Session, rp_request: RpRequest, level: Level) -> LoginFlow:
         "rp_request": rp_request.to_json(),
         "requested_level": int(level),
     }
-    # One prebuilt INSERT on the session's connection (see get_flow).
-    db.connection().execute(_INSERT_FLOW, values)
+    # One prebuilt INSERT in the session's transaction (see get_flow).
+    _INSERT_FLOW.execute(db.connection(), values)
     return _flow_object(values)
 
 
 def get_flow(db: Session, flow_id: object) -> LoginFlow | None:
     """The flow as stored now, read in the caller's transaction.
 
-    Read with one prebuilt SELECT on the session's connection, not through the ORM's
-    identity map (every flow request reads its flow at least once; the ORM's load costs
-    several times the SELECT). The object is not attached to the session: a flow changes
-    only through `transition`/`update_flow`, which write at once and keep it current."""
+    Read with one prebuilt SELECT sent to the driver as compiled (`gateway.db.Prepared`),
+    not through the ORM's identity map (every flow request reads its flow at least once;
+    the ORM's load costs several times the SELECT). The object is not attached to the
+    session: a flow changes only through `transition`/`update_flow`, which write at once and
+    keep it current."""
     if not isinstance(flow_id, str) or not _FLOW_ID.match(flow_id):
         return None
-    row = db.connection().execute(_GET_FLOW, {"_id": flow_id}).first()
+    row = _GET_FLOW.execute(db.connection(), {"_id": flow_id}).first()
     if row is None:
         return None
-    return _flow_object(row._mapping)
+    return _flow_object(row._asdict())
 
 
 def is_expired(flow: LoginFlow, now: datetime | None = None) -> bool:
@@ -304,11 +305,11 @@ def _move(
     changes: Mapping[str, Any],
 ) -> None:
     values = {**changes, "state": target.value, "updated_at": now}
-    # On the session's connection, one statement built once per set of fields: the ORM's
-    # execution layer, and building and compiling an UPDATE each time, cost more CPU than
-    # the UPDATE itself.
-    moved = db.connection().execute(
-        _move_statement(frozenset(changes)), {**values, "_id": flow.id, "_from": current.value}
+    # In the session's transaction, one statement built and compiled once per set of
+    # fields and sent to the driver (`gateway.db.Prepared`): the ORM's execution layer, and
+    # building and compiling an UPDATE each time, cost more CPU than the UPDATE itself.
+    moved = _move_statement(frozenset(changes)).execute(
+        db.connection(), {**values, "_id": flow.id, "_from": current.value}
     )
     if moved.rowcount != 1:
         raise IllegalTransition(current.value, target.value)
@@ -317,9 +318,9 @@ def _move(
         set_committed_value(flow, name, value)
 
 
-_MOVES: dict[frozenset[str], sa.Update] = {}
+_MOVES: dict[frozenset[str], Prepared] = {}
 _FLOW_TABLE = cast(sa.Table, LoginFlow.__table__)
-_GET_FLOW = sa.select(_FLOW_TABLE).where(_FLOW_TABLE.c.id == sa.bindparam("_id"))
+_GET_FLOW = Prepared(sa.select(_FLOW_TABLE).where(_FLOW_TABLE.c.id == sa.bindparam("_id")))
 _FLOW_MAPPER = sa.inspect(LoginFlow)
 
 
@@ -340,18 +341,18 @@ _NEW_FLOW: dict[str, Any] = {
     "amr": "[]", "auth_time": None, "sso_session_id": None, "error": None,
     "finished_at": None,
 }
-_INSERT_FLOW = sa.insert(_FLOW_TABLE).values(
+_INSERT_FLOW = Prepared(sa.insert(_FLOW_TABLE).values(
     {column.key: sa.bindparam(column.key) for column in _FLOW_TABLE.columns}
-)
+))
 #: The result is taken once: finished_at set only where it is still empty.
-_TAKE_RESULT = (
+_TAKE_RESULT = Prepared(
     sa.update(_FLOW_TABLE)
     .where(_FLOW_TABLE.c.id == sa.bindparam("_id"), _FLOW_TABLE.c.finished_at.is_(None))
     .values(finished_at=sa.bindparam("_now"))
 )
 
 
-def _move_statement(fields: frozenset[str]) -> sa.Update:
+def _move_statement(fields: frozenset[str]) -> Prepared:
     """UPDATE login_flows SET state, updated_at and `fields` WHERE id and the state it was
     in (the compare-and-set that makes every move happen once); built once per field set."""
     stmt = _MOVES.get(fields)
@@ -360,7 +361,7 @@ def _move_statement(fields: frozenset[str]) -> sa.Update:
         columns = table.columns
         if not fields <= set(columns.keys()) or {"id", "state", "updated_at"} & fields:
             raise ValueError(f"not a flow field one may set: {sorted(fields)}")
-        stmt = (
+        stmt = Prepared(
             sa.update(table)
             .where(columns.id == sa.bindparam("_id"), columns.state == sa.bindparam("_from"))
             .values({name: sa.bindparam(name) for name in (*sorted(fields), "state",
@@ -520,11 +521,14 @@ def after_first_factor(
     *,
     step_up: bool = False,
     proven: tuple[str, ...] = (),
+    sending_at: datetime | None = None,
 ) -> SecondFactor | None:
     """After the password (or an SSO session that proved it): done when the password's
     level is enough, else on to the second factor.
 
-    Returns the factor whose code must be sent now (SMS or voice), if any.
+    Returns the factor whose code must be sent now (SMS or voice), if any; `sending_at`
+    given, the move also sets the flow's `code_sent_at` to it when it returns one (the
+    caller sends the code in the same transaction, and sets it back if nothing went out).
     """
     amr = list(proven)
     if "pwd" not in amr:
@@ -547,8 +551,11 @@ def after_first_factor(
                  amr=amr_json)
         return None
     if len(factors) == 1:
+        send = factors[0] if factors[0] is not SecondFactor.TOTP else None
+        if send is not None and sending_at is not None:
+            common["code_sent_at"] = sending_at
         transition(db, flow, FlowState.SECOND_FACTOR, factor=factors[0].value, **common)
-        return factors[0] if factors[0] is not SecondFactor.TOTP else None
+        return send
     transition(db, flow, FlowState.CHOOSE_FACTOR, factor=None, **common)
     return None
 
@@ -603,9 +610,8 @@ def complete(
     row = sso.establish(
         db, settings, existing=existing, account_id=account.id,
         subject_key=route.subject_key(account), route=route.name, level=level,
-        amr=tuple(json.loads(amr)), auth_time=now,
+        amr=tuple(json.loads(amr)), auth_time=now, rp_id=flow.rp_id,
     )
-    sso.use(row, flow.rp_id)
     db.flush()
     transition(
         db, flow, FlowState.DONE, account_id=account.id, route=route.name,
@@ -674,9 +680,8 @@ def complete_external(
     row = sso.establish(
         db, settings, existing=existing, account_id=identity.account_id,
         subject_key=identity.subject_key, route=route.name, level=level, amr=identity.amr,
-        auth_time=auth_time, attributes=sealed,
+        auth_time=auth_time, attributes=sealed, rp_id=flow.rp_id,
     )
-    sso.use(row, flow.rp_id)
     db.flush()
     transition(
         db, flow, FlowState.DONE, route=route.name, account_id=identity.account_id,
@@ -862,7 +867,7 @@ def finish(flow_id: str) -> AuthnResult:
             state = flow.flow_state
         code = ErrorCode(flow.error) if state in FINAL_STATES and flow.error else ErrorCode.FAILED
         raise LoginError(AuthnError(code, request), f"login flow is {state.value}")
-    taken = s.connection().execute(_TAKE_RESULT, {"_id": flow.id, "_now": clock.now()})
+    taken = _TAKE_RESULT.execute(s.connection(), {"_id": flow.id, "_now": clock.now()})
     s.commit()
     if taken.rowcount != 1:
         raise LoginError(None, "login result already taken")

@@ -29,15 +29,16 @@ import json
 import secrets
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import cast
 
 import sqlalchemy as sa
 from flask import session as flask_session
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, Session, make_transient_to_detached, mapped_column
 
 from gateway import clock
 from gateway.accounts.models import Account, AccountStatus
 from gateway.accounts.policy import SessionPolicy
-from gateway.db import Base, UTCDateTime
+from gateway.db import Base, Prepared, UTCDateTime
 from gateway.levels import Level
 from gateway.settings import Settings
 
@@ -182,8 +183,10 @@ def establish(
     amr: tuple[str, ...],
     auth_time: datetime,
     attributes: str | None = None,
+    rp_id: str | None = None,
 ) -> SsoSession:
-    """Record a completed authentication in this browser's SSO session.
+    """Record a completed authentication in this browser's SSO session, and its use by the
+    relying party `rp_id` (as `use`).
 
     The same person again: at the same or a higher level (step-up, forced
     re-authentication) the row is kept, takes the new level, merges the methods and moves
@@ -206,29 +209,41 @@ def establish(
             existing.amr = json.dumps(merged)
             existing.auth_time = auth_time
             existing.route = route
+        use(existing, rp_id)
         return existing
     now = clock.now()
     if existing is not None:
         end_session(existing, EndReason.REPLACED, now)
     token = secrets.token_urlsafe(TOKEN_BYTES)
-    row = SsoSession(
-        id=token_id(settings, token),
-        account_id=account_id,
-        subject_key=subject_key,
-        route=route,
-        level=int(level),
-        amr=json.dumps(list(amr)),
-        auth_time=auth_time,
-        created_at=now,
-        last_seen_at=now,
-        ended_at=None,
-        end_reason=None,
-        rps="[]",
-        attributes=attributes,
-    )
+    values = {
+        "id": token_id(settings, token),
+        "account_id": account_id,
+        "subject_key": subject_key,
+        "route": route,
+        "level": int(level),
+        "amr": json.dumps(list(amr)),
+        "auth_time": auth_time,
+        "created_at": now,
+        "last_seen_at": now,
+        "ended_at": None,
+        "end_reason": None,
+        "rps": json.dumps([rp_id] if rp_id is not None else []),
+        "attributes": attributes,
+    }
+    # One prebuilt INSERT now (`gateway.db.Prepared`; the ORM's flush costs several times
+    # the statement); the row then joins the session as loaded, so later changes (`use`,
+    # `end_session`) flush as UPDATEs and a read in this session finds this very object.
+    _INSERT_SESSION.execute(db.connection(), values)
+    row = SsoSession(**values)
+    make_transient_to_detached(row)
     db.add(row)
     flask_session[SESSION_KEY] = token
     return row
+
+
+_INSERT_SESSION = Prepared(sa.insert(cast(sa.Table, SsoSession.__table__)).values(
+    {column.key: sa.bindparam(column.key) for column in SsoSession.__table__.columns}
+))
 
 
 def logout(db: Session, settings: Settings) -> SsoSession | None:

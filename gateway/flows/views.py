@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from datetime import datetime
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -198,7 +199,7 @@ def _account(flow: LoginFlow) -> Account | None:
     """The flow's account while it may still log in (not blocked, deactivated or expired)."""
     if flow.account_id is None:
         return None
-    account = db.session().get(Account, flow.account_id, populate_existing=True)
+    account = accounts.read_account(db.session(), flow.account_id)
     if account is None or account.status != AccountStatus.ACTIVE.value:
         return None
     if account.blocked_until is not None and account.blocked_until > clock.now():
@@ -216,21 +217,29 @@ def _mask(e164: str | None) -> str:
     return e164[-2:] if e164 and len(e164) > 4 else ""
 
 
-def _send_code(flow: LoginFlow, account: Account) -> str | None:
-    """Send the login code by SMS or voice; None when sent, else the message to show."""
-    # The SMS service runs transactions of its own: ours must not hold the database (on
-    # SQLite every transaction takes the write lock when it begins).
-    db.session().commit()
+def _send_code(
+    flow: LoginFlow, account: Account, *, previous: datetime | None, marked: bool = False
+) -> str | None:
+    """Send the login code by SMS or voice; None when sent, else the message to show.
+
+    Runs in the caller's open transaction: the flow's `code_sent_at` (set here, or already
+    by the caller's move when `marked`), the code and its message row, and whatever the
+    caller changed before, are committed together by the SMS service before any provider is
+    called (no second transaction of ours holds the database meanwhile: on SQLite every
+    transaction takes the write lock when it begins). When nothing goes out, `code_sent_at`
+    goes back to `previous` and the caller's changes are committed all the same."""
+    s = db.session()
+    if not marked:
+        flows.update_flow(s, flow, code_sent_at=clock.now())
     try:
         get_sms_service().send_code(
             purpose=Purpose.LOGIN, flow_id=flow.id, phone=account.phone_e164 or "",
-            language=current_language(), account_id=account.id, ip=_ip(),
+            language=current_language(), account_id=account.id, ip=_ip(), session=s,
         )
     except (PhoneRejected, LimitExceeded, SendingUnavailable) as exc:
+        flows.update_flow(s, flow, code_sent_at=previous)
+        s.commit()
         return str(exc.message)
-    s = db.session()
-    flows.update_flow(s, flow, code_sent_at=clock.now())
-    s.commit()
     return None
 
 
@@ -401,8 +410,10 @@ def password(flow_id: str) -> Any:
     s = db.session()
     settings, policies = get_settings(), get_policies()
     try:
+        # A success stays open: it is committed with the flow's move (and the code).
         account = accounts.check_password(
-            s, settings, policies, username=username, password=_field("password"), ip=_ip()
+            s, settings, policies, username=username, password=_field("password"), ip=_ip(),
+            commit=False,
         )
     except accounts.AccountBlocked as exc:
         return _page("blocked.html", current, username=username[:64], until=exc.until,
@@ -417,17 +428,22 @@ def password(flow_id: str) -> Any:
     except accounts.LoginFailed as exc:
         return _page("password.html", current, username=username[:64],
                      errors={"username": exc.message})
+    previous = current.code_sent_at
     try:
-        send = flows.after_first_factor(s, settings, policies, current, account)
+        # A code to send: the move marks it sent, in the transaction that issues it.
+        send = flows.after_first_factor(
+            s, settings, policies, current, account, sending_at=clock.now()
+        )
     except flows.FlowExpired:
         s.commit()
         return _to_flow(current)
-    s.commit()
     _after_login()
     if send is not None:
-        problem = _send_code(current, account)
+        problem = _send_code(current, account, previous=previous, marked=True)
         if problem is not None:
             return _factor_page(current, account, {"code": problem})
+    else:
+        s.commit()
     return _onward(current)
 
 
@@ -450,11 +466,12 @@ def choose_factor(flow_id: str) -> Any:
     except flows.FlowExpired:
         s.commit()
         return _to_flow(current)
-    s.commit()
     if chosen is not SecondFactor.TOTP:
-        problem = _send_code(current, account)
+        problem = _send_code(current, account, previous=None)
         if problem is not None:
             return _factor_page(current, account, {"code": problem})
+    else:
+        s.commit()
     return _to_flow(current)
 
 
@@ -473,7 +490,7 @@ def code(flow_id: str) -> Any:
     s = db.session()
     settings, policies = get_settings(), get_policies()
     if request.form.get("action") == "send" and factor is not SecondFactor.TOTP:
-        problem = _send_code(current, account)
+        problem = _send_code(current, account, previous=current.code_sent_at)
         if problem is not None:
             return _factor_page(current, account, {"code": problem})
         return _to_flow(current, notice="sent")
@@ -483,11 +500,13 @@ def code(flow_id: str) -> Any:
         if not verify_totp(s, settings, policies, account, typed):
             return _factor_page(current, account, {"code": str(TOTP_WRONG)})
     else:
-        s.commit()  # see _send_code
+        # In this transaction: the attempt is committed whatever the outcome, and a right
+        # code is spent in the same commit as the login it unlocks.
         outcome = get_sms_service().verify_code(
-            purpose=Purpose.LOGIN, flow_id=current.id, code=typed
+            purpose=Purpose.LOGIN, flow_id=current.id, code=typed, session=s
         )
         if outcome is not VerifyOutcome.OK:
+            s.commit()
             message = CODE_MESSAGES.get(outcome, CODE_GONE)
             return _factor_page(current, account, {"code": str(message)})
     try:

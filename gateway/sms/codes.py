@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from gateway import clock
-from gateway.db import Base, UTCDateTime
+from gateway.db import Base, Prepared, PreparedResult, UTCDateTime, transaction_connection
 from gateway.settings import Settings
 
 #: Six decimal digits, about 20 bits: the minimum entropy of an out-of-band secret
@@ -106,9 +106,10 @@ class OneTimeCode(Base):
 
 _CODES: sa.Table = OneTimeCode.__table__  # type: ignore[assignment]
 
-# The statements of every issue and verify, built once and run on the session's connection
-# (building them, and the ORM's execution layer, would cost more CPU than the database does).
-_SUPERSEDE = (
+# The statements of every issue and verify, built and compiled once and sent to the driver
+# in the caller's transaction (gateway.db.Prepared): building them, and SQLAlchemy's
+# execution layer, would cost more CPU than the database does.
+_SUPERSEDE = Prepared(
     sa.update(_CODES)
     .where(
         _CODES.c.purpose == sa.bindparam("b_purpose"),
@@ -118,10 +119,12 @@ _SUPERSEDE = (
     )
     .values(superseded_at=sa.bindparam("b_now", type_=UTCDateTime()))
 )
-_INSERT = sa.insert(_CODES)
+_INSERT = Prepared(sa.insert(_CODES).values(
+    {column.key: sa.bindparam(column.key) for column in _CODES.columns}
+))
 _ADVISORY_LOCK = sa.text("SELECT pg_advisory_xact_lock(:key)")
 #: The newest code of a purpose and flow that no resend replaced.
-_LIVE = (
+_LIVE = Prepared(
     sa.select(_CODES)
     .where(
         _CODES.c.purpose == sa.bindparam("purpose"),
@@ -132,7 +135,7 @@ _LIVE = (
     .limit(1)
 )
 _BY_ID = sa.select(_CODES).where(_CODES.c.id == sa.bindparam("id"))
-_TAKE_ATTEMPT = (
+_TAKE_ATTEMPT = Prepared(
     sa.update(_CODES)
     .where(
         _CODES.c.id == sa.bindparam("b_id"),
@@ -188,11 +191,6 @@ def check_binding(purpose: str, flow_id: str) -> tuple[str, str]:
     return purpose, flow_id
 
 
-def _connection(session: Session | sa.Connection) -> sa.Connection:
-    """The connection of the caller's transaction (a Session's, or a Connection itself)."""
-    return session.connection() if isinstance(session, Session) else session
-
-
 def _lock_flow(conn: sa.Connection, purpose: str, flow_id: str) -> None:
     """Serialise issuing for one purpose and flow, so two parallel resends cannot both leave
     a live code. SQLite needs nothing: every transaction there begins IMMEDIATE (gateway.db)."""
@@ -214,15 +212,15 @@ def issue_code(
     purpose, flow_id = check_binding(purpose, flow_id)
     if not timedelta(0) < ttl <= MAX_CODE_TTL:
         raise ValueError("a code's lifetime must be positive and at most 10 minutes")
-    conn = _connection(session)
+    conn = transaction_connection(session)
     _lock_flow(conn, purpose, flow_id)
     now = clock.now()
-    conn.execute(_SUPERSEDE, {"b_purpose": purpose, "b_flow_id": flow_id, "b_now": now})
+    _SUPERSEDE.execute(conn, {"b_purpose": purpose, "b_flow_id": flow_id, "b_now": now})
     # Uniform over 000000..999999 from the OS CSPRNG (pyotp's generators are base32 secrets
     # for TOTP, not decimal codes).
     code = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
     issued = IssuedCode(id=secrets.token_hex(16), code=code, expires_at=now + ttl)
-    conn.execute(_INSERT, {
+    _INSERT.execute(conn, {
         "id": issued.id,
         "purpose": purpose,
         "flow_id": flow_id,
@@ -266,8 +264,8 @@ def verify(
     if candidate is None:
         return VerifyOutcome.MALFORMED
 
-    conn = _connection(session)
-    row = conn.execute(_LIVE, {"purpose": purpose, "flow_id": flow_id}).first()
+    conn = transaction_connection(session)
+    row = _LIVE.execute(conn, {"purpose": purpose, "flow_id": flow_id}).first()
     if row is None:
         return VerifyOutcome.NO_CODE
     if row.used_at is not None:
@@ -285,7 +283,7 @@ def verify(
     # the row lock (PostgreSQL) or the write lock (SQLite) makes a parallel request re-check
     # `attempts < limit` and `used_at IS NULL` after this one, so a code logs in once at most
     # and parallel guesses never get an extra try.
-    taken = conn.execute(_TAKE_ATTEMPT, {
+    taken = _TAKE_ATTEMPT.execute(conn, {
         "b_id": row.id, "b_limit": limit, "b_used_at": now if right else None,
     })
     if _rowcount(taken) != 1:
@@ -299,6 +297,5 @@ def verify(
     return VerifyOutcome.OK if right else VerifyOutcome.WRONG
 
 
-def _rowcount(result: sa.Result[object]) -> int:
-    count: int = result.rowcount  # type: ignore[attr-defined]
-    return count
+def _rowcount(result: PreparedResult) -> int:
+    return result.rowcount

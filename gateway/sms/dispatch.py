@@ -49,7 +49,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from gateway import clock
 from gateway import metrics as prometheus
-from gateway.db import UTCDateTime
+from gateway.db import Prepared, UTCDateTime, transaction_connection
 from gateway.i18n import lazy_gettext
 from gateway.settings import Settings
 from gateway.sms.messages import segments
@@ -276,9 +276,9 @@ class Dispatcher:
     def _insert(self, session: Session | sa.Connection, row: SmsMessage) -> bool:
         """INSERT the row unless its idempotency key exists (one statement, no savepoint: a
         lost race for the key changes nothing in the caller's transaction). True when new."""
-        conn = session.connection() if isinstance(session, Session) else session
+        conn = transaction_connection(session)
         values = {c.key: getattr(row, c.key) for c in _COLUMNS}
-        return conn.execute(_INSERT[conn.dialect.name == "postgresql"], values).first() is not None
+        return _INSERT[conn.dialect.name == "postgresql"].execute(conn, values).first() is not None
 
     def _claim(
         self, session: Session, *, to: str, channel: str, text: str, purpose: str,
@@ -348,11 +348,13 @@ class Dispatcher:
         """One UPDATE records the provider and moves the status to `sent`, and `row` (not in
         any session) takes the values the database now holds."""
         now = clock.now()
-        conn = session.connection() if isinstance(session, Session) else session
-        stored = conn.execute(_RECORD_SENT, {
+        conn = transaction_connection(session)
+        stored = _RECORD_SENT.execute(conn, {
             "b_id": row.id, "b_provider": provider,
             "b_provider_message_id": provider_message_id, "b_now": now,
-        }).one()
+        }).one_or_none()
+        if stored is None:  # pragma: no cover - the row was committed before the send
+            raise RuntimeError("sms message row vanished")
         session.commit()
         for name, value in (
             ("status", stored.status), ("attempts", stored.attempts), ("error", stored.error),
@@ -377,18 +379,22 @@ class Dispatcher:
 _TABLE: sa.Table = SmsMessage.__table__  # type: ignore[assignment]
 _COLUMNS = tuple(_TABLE.columns)
 
-# The statements of every send, built once (building and caching them per call costs more CPU
-# than the database spends on them) and run on the session's connection.
+# The statements of every send, built and compiled once (building and caching them per call
+# costs more CPU than the database spends on them) and sent to the driver in the caller's
+# transaction (gateway.db.Prepared).
 #: A new row unless its idempotency key exists; by `postgresql` (True) or SQLite (False).
-_INSERT: dict[bool, Any] = {
-    pg: (postgresql.insert if pg else sqlite.insert)(_TABLE)
-    .on_conflict_do_nothing(index_elements=["idempotency_hash"])
-    .returning(_TABLE.c.id)
+_INSERT: dict[bool, Prepared] = {
+    pg: Prepared(
+        (postgresql.insert if pg else sqlite.insert)(_TABLE)
+        .values({column.key: sa.bindparam(column.key) for column in _COLUMNS})
+        .on_conflict_do_nothing(index_elements=["idempotency_hash"])
+        .returning(_TABLE.c.id)
+    )
     for pg in (True, False)
 }
 #: A delivery report may already have arrived (Kannel's come within milliseconds): `sent`
 #: never overwrites `delivered`.
-_RECORD_SENT = (
+_RECORD_SENT = Prepared(
     sa.update(_TABLE)
     .where(_TABLE.c.id == sa.bindparam("b_id"))
     .values(
@@ -397,7 +403,9 @@ _RECORD_SENT = (
         provider_message_id=sa.bindparam("b_provider_message_id"),
         updated_at=sa.bindparam("b_now", type_=UTCDateTime()),
         status=sa.case(
-            (_TABLE.c.status.in_([s.value for s in ALLOWED[Status.SENT]]), Status.SENT.value),
+            # Comparisons, not IN (...): a list would be rendered at every execution.
+            (sa.or_(*(_TABLE.c.status == s.value for s in sorted(ALLOWED[Status.SENT]))),
+             Status.SENT.value),
             else_=_TABLE.c.status,
         ),
     )

@@ -20,6 +20,7 @@ failed). Anything else is a bug and propagates.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -143,8 +144,15 @@ class SmsService:
         language: str,
         account_id: str | int | None = None,
         ip: str | None = None,
+        session: Session | None = None,
     ) -> SentCode:
         """Send a new code for `purpose` and `flow_id` to `phone`; see the module docstring.
+
+        `session`: the caller's open transaction, which the code and its message row join;
+        it is committed, with whatever else the caller wrote in it (a flow's move), before
+        any provider is called. When the limits or the phone policy refuse, nothing is
+        written and nothing committed: the caller decides. Without it the rows are committed
+        in a transaction of their own.
 
         Raises PhoneRejected, LimitExceeded or SendingUnavailable.
         """
@@ -186,19 +194,25 @@ class SmsService:
         # provider may deliver even when it then times out, and the code it delivered must be
         # the one that verifies; a crash leaves the row to say so. (A plain connection: these
         # are a few Core statements.)
-        with self.database.engine.begin() as session:
+        with contextlib.ExitStack() as stack:
+            conn = (
+                session.connection() if session is not None
+                else stack.enter_context(self.database.engine.begin())
+            )
             issued = codes.issue_code(
-                session, self.settings, purpose=purpose.value, flow_id=flow_id, ttl=self.code_ttl
+                conn, self.settings, purpose=purpose.value, flow_id=flow_id, ttl=self.code_ttl
             )
             text = text_for(issued.code)
             queued = self.dispatcher.queue(
-                session,
+                conn,
                 to=target.e164,
                 channel=target.channel,
                 text=text,
                 purpose=purpose.value,
                 idempotency_key=f"otp:{issued.id}",
             )
+            if session is not None:
+                session.commit()
 
         labels = {
             "purpose": purpose.value,
@@ -234,12 +248,23 @@ class SmsService:
             e164=phone.e164, region=phone.region, account_id=account_id, ip=ip, segments=units,
         )
 
-    def verify_code(self, *, purpose: Purpose | str, flow_id: str, code: object) -> VerifyOutcome:
-        """Check a code a person typed. The attempt is committed whatever the outcome."""
+    def verify_code(
+        self, *, purpose: Purpose | str, flow_id: str, code: object,
+        session: Session | None = None,
+    ) -> VerifyOutcome:
+        """Check a code a person typed. The attempt is committed whatever the outcome: in a
+        transaction of its own, or, with `session`, in the caller's open transaction, which
+        the caller then MUST commit whatever the outcome (so that what a right code unlocks
+        is written in the same transaction that spends it)."""
         purpose = Purpose(purpose)
-        with self.database.engine.begin() as session:
+        if session is not None:
             return codes.verify(
-                session,
+                session.connection(), self.settings, purpose=purpose.value, flow_id=flow_id,
+                code=code, max_attempts=self.policy.code_max_attempts,
+            )
+        with self.database.engine.begin() as conn:
+            return codes.verify(
+                conn,
                 self.settings,
                 purpose=purpose.value,
                 flow_id=flow_id,
