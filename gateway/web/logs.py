@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import secrets
+import threading
 import time
 import traceback
 from datetime import UTC, datetime
@@ -77,12 +79,109 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+#: Request-log lines wait at most this long, or until this many characters are waiting,
+#: before they are written (as nginx's `access_log ... buffer= flush=`).
+FLUSH_SECONDS = 1.0
+FLUSH_CHARS = 32 * 1024
+
+
+class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to stderr: the request log's lines in blocks, every other record at once.
+
+    One write (and flush) per request line cost more CPU than the rest of the log line
+    (issue 6, "Performance": several threads then take turns at the stream). Lines of the
+    request log (`gateway.request`, INFO) therefore wait until FLUSH_CHARS are waiting or the
+    oldest is FLUSH_SECONDS old (a timer thread writes them out when no request comes); any
+    other record (a warning, an error) is written at once, after the lines before it, so
+    the order stays. At exit everything waiting is written: at interpreter exit by
+    `logging.shutdown`, in a worker process (multiprocessing, as granian's) by its exit
+    finalizers. A crash of the process loses at most FLUSH_SECONDS of request lines.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiting: list[str] = []
+        self._chars = 0
+        self._oldest = 0.0
+        self._timer_pid = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Handler.handle holds self.lock around this.
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        now = time.monotonic()
+        if not self._waiting:
+            self._oldest = now
+        self._waiting.append(line)
+        self._chars += len(line)
+        if (
+            record.name != request_log.name or record.levelno > logging.INFO
+            or self._chars >= FLUSH_CHARS or now - self._oldest >= FLUSH_SECONDS
+        ):
+            self._write()
+        elif self._timer_pid != os.getpid():
+            self._start_timer()
+
+    def _write(self) -> None:
+        if not self._waiting:
+            return
+        text = "".join(self._waiting)
+        self._waiting.clear()
+        self._chars = 0
+        if getattr(self.stream, "closed", False):
+            return  # stderr closed at interpreter exit (a test runner's capture, say)
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except Exception:  # as StreamHandler: a broken stderr never breaks a request
+            self.handleError(logging.makeLogRecord({"msg": "request log lines lost"}))
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            self._write()
+        finally:
+            self.release()
+
+    def forget(self) -> None:
+        """In a forked child: the parent writes what it had waiting, not the child too."""
+        self._waiting.clear()
+        self._chars = 0
+        self._timer_pid = 0
+
+    def _start_timer(self) -> None:
+        self._timer_pid = os.getpid()
+
+        def tick() -> None:
+            while self._timer_pid == os.getpid():
+                time.sleep(FLUSH_SECONDS / 2)
+                if self._waiting and time.monotonic() - self._oldest >= FLUSH_SECONDS:
+                    self.flush()
+
+        threading.Thread(target=tick, name="gateway-log-flush", daemon=True).start()
+
+
+def _flush_at_worker_exit(handler: JsonLinesHandler) -> None:
+    """In a multiprocessing child (a granian worker), which ends with os._exit after its
+    exit finalizers, not with logging.shutdown."""
+    import multiprocessing.util
+
+    multiprocessing.util.Finalize(handler, handler.flush, exitpriority=100)
+
+
 def configure_logging() -> None:
     """Send the gateway's logs to stderr as JSON lines (once per process)."""
     logger = logging.getLogger("gateway")
     if any(isinstance(h.formatter, JsonFormatter) for h in logger.handlers):
         return
-    handler = logging.StreamHandler()
+    import multiprocessing.util
+
+    handler = JsonLinesHandler()
+    os.register_at_fork(after_in_child=handler.forget)
+    multiprocessing.util.register_after_fork(handler, _flush_at_worker_exit)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(RequestIdFilter())
     logger.addHandler(handler)
