@@ -69,9 +69,11 @@ def main() -> None:
               help="Address to listen on; an IPv6 address such as :: works too.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="Worker processes (4 request threads each); a dead one is restarted.")
+              help="Worker processes; a dead one is restarted.")
+@click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 32),
+              help="Request threads per worker (they share one Python GIL).")
 @one_line_errors
-def serve(host: str, port: int, workers: int) -> None:
+def serve(host: str, port: int, workers: int, threads: int) -> None:
     """Run the gateway (granian, HTTP/1.1; several worker processes with --workers).
 
     Put it behind a reverse proxy (GATEWAY_PROXY_HOPS, GATEWAY_FORWARDED_ALLOW_IPS); SIGTERM
@@ -81,7 +83,7 @@ def serve(host: str, port: int, workers: int) -> None:
 
     settings = load_settings()
     load_app(settings)  # fail fast, with one line, before granian starts its workers
-    run(settings, host=host, port=port, workers=workers)
+    run(settings, host=host, port=port, workers=workers, threads=threads)
 
 
 @main.command()

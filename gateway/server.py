@@ -38,9 +38,12 @@ from gateway.settings import Settings
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-#: Python threads per worker that run the app, as gunicorn gthread had (bench/oidc_compare.py:
-#: 2 used about as much CPU per request, 8 more, from contention on the GIL).
-THREADS: Final = 4
+#: Python threads per worker that run the app, by default (`gateway serve --threads`). They
+#: share one GIL: bench/oidc_compare.py served the most flows per second with 2 or 3, fewer
+#: with 1 (a worker idles while it waits for the database) and with 4 or more (the threads
+#: spend CPU taking turns at the GIL: 8 used 20% more per flow than 2). A deployment whose
+#: requests wait long on slow outside services (SMS provider, SMTP relay) may want more.
+THREADS: Final = 2
 #: Bytes of request head (request line and headers) a connection may send.
 HTTP1_BUFFER: Final = 64 * 1024
 #: Milliseconds a client gets to send the whole request head.
@@ -111,7 +114,9 @@ def _worker_app(settings: Settings, master: int) -> _RequestOnly:
     return _RequestOnly(create_app(settings))
 
 
-def run(settings: Settings, *, host: str, port: int, workers: int) -> None:
+def run(
+    settings: Settings, *, host: str, port: int, workers: int, threads: int = THREADS
+) -> None:
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
     from granian.server import Server
@@ -125,7 +130,7 @@ def run(settings: Settings, *, host: str, port: int, workers: int) -> None:
         port=port,
         interface=Interfaces.WSGI,
         workers=workers,
-        blocking_threads=THREADS,
+        blocking_threads=threads,
         http=HTTPModes.http1,
         http1_settings=HTTP1Settings(
             header_read_timeout=HEADER_READ_TIMEOUT_MS, max_buffer_size=HTTP1_BUFFER

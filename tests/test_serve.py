@@ -95,7 +95,7 @@ def served(app: Flask, settings: Settings, tmp_path: Path) -> Iterator[Served]:
     with log.open("wb") as out:
         process = subprocess.Popen(
             [str(Path(sys.executable).with_name("gateway")), "serve", "--host", "127.0.0.1",
-             "--port", str(port), "--workers", "2"],
+             "--port", str(port), "--workers", "2", "--threads", "3"],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )
     server = Served(process, port, log)
@@ -161,3 +161,15 @@ def test_gateway_serve_under_granian(served: Served, app: Flask) -> None:
 
     served.process.send_signal(signal.SIGTERM)
     assert served.process.wait(KILL_TIMEOUT_S + 5) == 0
+
+
+def test_thread_and_worker_counts_are_bounded(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    for option, value in (("--threads", "0"), ("--threads", "33"), ("--workers", "0")):
+        result = CliRunner().invoke(
+            main, ["serve", option, value], env={"GATEWAY_INSTANCE_DIR": str(tmp_path / "i")}
+        )
+        assert result.exit_code == 2 and option in result.output
