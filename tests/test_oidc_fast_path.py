@@ -151,6 +151,31 @@ def test_idle_session_is_not_reused(app: Flask) -> None:
         "login_required")
 
 
+@pytest.mark.parametrize(
+    ("column", "age", "reused"),
+    [
+        ("last_seen_at", timedelta(minutes=15) - timedelta(seconds=1), True),
+        ("last_seen_at", timedelta(minutes=15), False),  # idle: expiry_reason's >=
+        ("created_at", timedelta(hours=12) - timedelta(seconds=1), True),
+        ("created_at", timedelta(hours=12), False),  # absolute limit
+    ],
+)
+def test_the_session_limits_hold_to_the_second(
+    app: Flask, column: str, age: timedelta, reused: bool
+) -> None:
+    web, _secret, _account = _logged_in(app)
+    now = clock.now()
+    with app.app_context(), get_db(app).begin() as db:
+        db.execute(sa.update(SsoSession).values({column: now - age}))
+    with clock.frozen(now):
+        response = authorize(web, challenge=pkce()[1])
+    assert response.status_code == 303
+    assert response.location.startswith(RP) is reused
+    if not reused:  # the fast path left it as it was; the flow ends it
+        assert _sso(app).last_seen_at <= now - (age if column == "last_seen_at" else
+                                                timedelta(0))
+
+
 def test_blocked_account_is_not_reused(app: Flask) -> None:
     web, _secret, account_id = _logged_in(app)
     with app.app_context(), get_db(app).begin() as db:

@@ -723,15 +723,20 @@ def reuse_at_once(
     """Single sign-on without a flow (issue 6, "Performance"; used by the OIDC authorization
     endpoint): when this browser's SSO session plainly vouches for `rp_request` without
     asking anything, the result that `start_login` -> `begin` (reuse) -> `finish` would
-    hand out, at once: no flow row, no redirect hop, one joined read instead of ORM loads.
+    hand out, at once: no flow row, no redirect hop, one statement instead of ORM loads.
 
     Only that clear case is decided here, with the same tests as `begin` and
     `sso.current_sso`; None for anything else (no session or an unusable one, a level it
     does not reach, force_authn, max_age, a route the request may not use, attributes that
     cannot be opened): the caller then starts a normal flow, and `begin` decides with the
-    full rules (and ends a session that expired). The session's use (as `sso.use`) and the
-    owner's usage history (as `reuse`) are added to the caller's transaction; the caller
-    commits.
+    full rules (and ends a session that expired).
+
+    One UPDATE takes the session's use (as `sso.use`) and reads it back with its account's
+    status: only a session that has not ended or expired (the idle and absolute limits of
+    `sso.expiry_reason`, as bounds on its timestamps) is touched; one that then turns out
+    not to fit this request (a level too low, max_age, its account blocked) was still used
+    by this browser, which `begin` will do again. The owner's usage history (as `reuse`)
+    goes into the same transaction; the caller commits.
     """
     target = rp_request.target(get_registry().reachable_levels(rp_request))
     token = flask_session.get(sso.SESSION_KEY)
@@ -739,15 +744,18 @@ def reuse_at_once(
         return None
     # Statements built once (`_reuse_statements`), on the session's connection: the ORM's
     # execution layer and building them per call cost more CPU than the queries.
-    read, touch = _reuse_statements()
+    take, remember = _reuse_statements()
     conn = db.connection()
-    # A Row with the session's columns and the account's status and blocked_until: it
-    # answers the same attribute reads as the ORM objects the helpers below take.
-    row: Any = read.execute(conn, {"sso_id": sso.token_id(settings, token)}).one_or_none()
     now = clock.now()
+    policy = policies.accounts.session
+    # A row with the session's columns and its account's status and blocked_until: it
+    # answers the same attribute reads as the ORM objects the helpers below take.
+    row: Any = take.execute(conn, {
+        "sso_id": sso.token_id(settings, token), "now": now,
+        "idle_from": now - sso._idle(policy), "absolute_from": now - sso._absolute(policy),
+    }).one_or_none()
     if (
-        row is None or row.ended_at is not None
-        or sso.expiry_reason(row, policies.accounts.session, now) is not None
+        row is None
         or (row.account_id is not None and not sso._account_usable(row, now))
         or sso_route(row, rp_request) is None
         or not sso_satisfies_freshness(row, rp_request, now)
@@ -761,9 +769,7 @@ def reuse_at_once(
     rps = list(json.loads(row.rps))
     if rp_request.rp_id not in rps and len(rps) < sso.MAX_RPS:
         rps.append(rp_request.rp_id)
-    used = touch.execute(conn, {"sso_id": row.id, "now": now, "rps": json.dumps(rps)})
-    if used.rowcount != 1:
-        return None  # ended meanwhile (a logout in another tab)
+        remember.execute(conn, {"sso_id": row.id, "rps": json.dumps(rps)})
     if row.account_id is not None:
         from gateway.accounts import history
 
@@ -785,24 +791,39 @@ _REUSE_STATEMENTS: list[tuple[Prepared, Prepared]] = []
 
 
 def _reuse_statements() -> tuple[Prepared, Prepared]:
-    """`reuse_at_once`'s statements, built at its first call: the SSO session joined with
-    its account's status, and the session's use; sent to the driver as compiled
-    (`gateway.db.Prepared`)."""
+    """`reuse_at_once`'s statements, built at its first call and sent to the driver as
+    compiled (`gateway.db.Prepared`): the use of a session still open, returning it with its
+    account's status (scalar subqueries: the session may have no account); and the relying
+    parties it served."""
     if _REUSE_STATEMENTS:
         return _REUSE_STATEMENTS[0]
     sessions_t = cast(sa.Table, sso.SsoSession.__table__)
     accounts_t = cast(sa.Table, Account.__table__)
-    read = (
-        sa.select(sessions_t, accounts_t.c.status, accounts_t.c.blocked_until)
-        .outerjoin(accounts_t, accounts_t.c.id == sessions_t.c.account_id)
-        .where(sessions_t.c.id == sa.bindparam("sso_id"))
-    )
-    touch = (
+
+    def of_account(column: sa.Column[Any]) -> sa.ScalarSelect[Any]:
+        return (
+            sa.select(column).where(accounts_t.c.id == sessions_t.c.account_id)
+            .scalar_subquery().label(column.key)  # type: ignore[return-value]
+        )
+
+    take = (
         sa.update(sessions_t)
-        .where(sessions_t.c.id == sa.bindparam("sso_id"), sessions_t.c.ended_at.is_(None))
-        .values(last_seen_at=sa.bindparam("now"), rps=sa.bindparam("rps"))
+        .where(
+            sessions_t.c.id == sa.bindparam("sso_id"),
+            sessions_t.c.ended_at.is_(None),
+            sessions_t.c.last_seen_at > sa.bindparam("idle_from", type_=UTCDateTime()),
+            sessions_t.c.created_at > sa.bindparam("absolute_from", type_=UTCDateTime()),
+        )
+        .values(last_seen_at=sa.bindparam("now", type_=UTCDateTime()))
+        .returning(*sessions_t.c, of_account(accounts_t.c.status),
+                   of_account(accounts_t.c.blocked_until))
     )
-    _REUSE_STATEMENTS.append((Prepared(read), Prepared(touch)))
+    remember = (
+        sa.update(sessions_t)
+        .where(sessions_t.c.id == sa.bindparam("sso_id"))
+        .values(rps=sa.bindparam("rps"))
+    )
+    _REUSE_STATEMENTS.append((Prepared(take), Prepared(remember)))
     return _REUSE_STATEMENTS[0]
 
 
