@@ -11,6 +11,8 @@ quote the values they choked on.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import logging
 import os
@@ -88,25 +90,33 @@ FLUSH_CHARS = 32 * 1024
 class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to stderr: the request log's lines in blocks, every other record at once.
 
-    One write (and flush) per request line cost more CPU than the rest of the log line
-    (issue 6, "Performance": several threads then take turns at the stream). Lines of the
-    request log (`gateway.request`, INFO) therefore wait until FLUSH_CHARS are waiting or the
-    oldest is FLUSH_SECONDS old (a timer thread writes them out when no request comes); any
-    other record (a warning, an error) is written at once, after the lines before it, so
-    the order stays. At exit everything waiting is written: at interpreter exit by
-    `logging.shutdown`, in a worker process (multiprocessing, as granian's) by its exit
-    finalizers. A crash of the process loses at most FLUSH_SECONDS of request lines.
+    One write (and flush) per request line, under the handler's lock, cost more CPU than the
+    rest of the log line (issue 6, "Performance": the threads of a worker took turns at the
+    lock and the GIL). A request-log line (`gateway.request`, INFO) is therefore formatted
+    without the lock and queued; the queue is written in one block when FLUSH_CHARS wait or
+    the oldest line is FLUSH_SECONDS old (a timer thread writes them out when no request
+    comes). Any other record (a warning, an error) is written at once, after the lines
+    queued before it, so the order stays. At exit everything queued is written: at
+    interpreter exit by `logging.shutdown`, in a worker process (multiprocessing, as
+    granian's) by its exit finalizers. A crash of the process loses at most FLUSH_SECONDS of
+    request lines.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._waiting: list[str] = []
-        self._chars = 0
+        self._waiting: collections.deque[str] = collections.deque()
+        self._chars = 0  # about: updated without the lock
         self._oldest = 0.0
         self._timer_pid = 0
 
+    def handle(self, record: logging.LogRecord) -> bool:
+        # As logging.Handler.handle, but emit() takes the lock only to write.
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
     def emit(self, record: logging.LogRecord) -> None:
-        # Handler.handle holds self.lock around this.
         try:
             line = self.format(record) + self.terminator
         except Exception:
@@ -115,26 +125,27 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
         now = time.monotonic()
         if not self._waiting:
             self._oldest = now
-        self._waiting.append(line)
+        self._waiting.append(line)  # deque.append is atomic: no lock needed
         self._chars += len(line)
         if (
             record.name != request_log.name or record.levelno > logging.INFO
             or self._chars >= FLUSH_CHARS or now - self._oldest >= FLUSH_SECONDS
         ):
-            self._write()
+            self.flush()
         elif self._timer_pid != os.getpid():
             self._start_timer()
 
     def _write(self) -> None:
-        if not self._waiting:
-            return
-        text = "".join(self._waiting)
-        self._waiting.clear()
+        """Write what is queued, in order (the caller holds the lock)."""
+        lines = []
+        with contextlib.suppress(IndexError):
+            while True:
+                lines.append(self._waiting.popleft())
         self._chars = 0
-        if getattr(self.stream, "closed", False):
+        if not lines or getattr(self.stream, "closed", False):
             return  # stderr closed at interpreter exit (a test runner's capture, say)
         try:
-            self.stream.write(text)
+            self.stream.write("".join(lines))
             self.stream.flush()
         except Exception:  # as StreamHandler: a broken stderr never breaks a request
             self.handleError(logging.makeLogRecord({"msg": "request log lines lost"}))
@@ -147,13 +158,19 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.release()
 
     def forget(self) -> None:
-        """In a forked child: the parent writes what it had waiting, not the child too."""
+        """In a forked child: the parent writes what it had queued, not the child too."""
         self._waiting.clear()
         self._chars = 0
         self._timer_pid = 0
 
     def _start_timer(self) -> None:
-        self._timer_pid = os.getpid()
+        self.acquire()
+        try:
+            if self._timer_pid == os.getpid():
+                return
+            self._timer_pid = os.getpid()
+        finally:
+            self.release()
 
         def tick() -> None:
             while self._timer_pid == os.getpid():
