@@ -226,7 +226,16 @@ def record(
     conn = session.connection()
     _INSERT_ENTRY.execute(conn, values)
     _MOVE_HEAD.execute(conn, {"b_seq": seq, "b_hash": entry_hash})
-    return AuditEntry(**values)
+    # Every column set, without the ORM's instrumented constructor (it costs more than the
+    # INSERT): an object as a load outside any session leaves it.
+    if not _ENTRY_MAPPER.configured:
+        sa.orm.configure_mappers()
+    entry: AuditEntry = _ENTRY_MAPPER.class_manager.new_instance()
+    entry.__dict__.update(values)
+    return entry
+
+
+_ENTRY_MAPPER = sa.inspect(AuditEntry)
 
 
 def _check_fields(fields: dict[str, str | None]) -> None:

@@ -317,6 +317,27 @@ def test_finish_gives_the_result_once_and_only_to_its_browser(make_app: Any) -> 
     assert client.get(back).get_json()["ok"] is False
 
 
+def test_finish_before_the_flow_is_done_takes_nothing(make_app: Any) -> None:
+    """The relying party's page opened while the flow is still at the password: an error,
+    and the result stays to be taken once the flow is done."""
+    app = rp_app(make_app)
+    client = app.test_client()
+    make_account(app)
+    page = client.get("/test-rp/start", follow_redirects=True)
+    flow_id = page.request.path.rsplit("/", 1)[-1]
+    early = client.get(f"/test-rp/back?flow={flow_id}").get_json()
+    assert early["ok"] is False and early["error"] == "failed"
+    with get_db(app).begin() as s:
+        flow = get_flow(s, flow_id)
+        assert flow is not None and flow.finished_at is None
+        assert flow.flow_state is FlowState.PASSWORD
+    done = post_form(client, page, "/password", {"username": "jan.jansen",
+                                                 "password": "purple elephant dances"},
+                     follow=False)
+    assert client.get(done.headers["Location"]).get_json()["ok"] is True
+    assert client.get(done.headers["Location"]).get_json()["ok"] is False
+
+
 def _to_code_page(app: Flask, client: Any) -> Any:
     client.get("/?lang=en")
     page = client.get("/test-rp/start?levels=midden", follow_redirects=True)

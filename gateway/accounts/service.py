@@ -1039,8 +1039,11 @@ def check_password(
         session.commit()
     # The password was right: this attempt does not use up the address's budget.
     throttle.give_back()
+    held = account.__dict__
     for column, value in zip(_ACCOUNT_COLUMNS, cleared, strict=True):
-        set_committed_value(account, column.key, value)
+        # The row as the UPDATE left it; most columns are as they were read.
+        if column.key not in held or held[column.key] != value:
+            set_committed_value(account, column.key, value)
     return account
 
 

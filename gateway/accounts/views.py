@@ -414,20 +414,22 @@ def deactivate() -> Any:
 # --- after login: login notice and the e-mail interstitial ------------------------------------
 
 
-def after_login(flow: LoginFlow) -> str:
+def after_login(flow: LoginFlow, account: Account | None = None) -> str:
     """Where the browser goes when a login flow is done (the flow's hook, see
     gateway.flows.views): the relying party, or first the e-mail question. Sends the login
     notice the owner asked for. Only a login that authenticated in this flow counts; an SSO
-    reuse is not a new login."""
+    reuse is not a new login. `account`: the flow's account as the caller read it in this
+    request (else it is read here)."""
     resume = flows.resume_location(flow)
     if (
         flow.account_id is None or flow.auth_time is None
         or flow.auth_time < flow.created_at or flow.finished_at is not None
     ):
         return resume
-    s = db.session()
-    account = s.get(Account, flow.account_id)
-    s.commit()
+    if account is None or account.id != flow.account_id:
+        s = db.session()
+        account = s.get(Account, flow.account_id)
+        s.commit()
     if account is None:
         return resume
     me_service.send_login_notice(

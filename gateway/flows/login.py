@@ -59,6 +59,7 @@ that leaks (a log, a Referer) cannot be turned into a login by anyone else.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -66,7 +67,7 @@ import secrets
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import sqlalchemy as sa
@@ -222,7 +223,7 @@ class LoginFlow(Base):
         raw = self.rp_request
         cached = self.__dict__.get("_request_cache")
         if cached is None or cached[0] != raw:
-            cached = (raw, RpRequest.from_json(raw))
+            cached = (raw, _parsed_request(raw))
             self.__dict__["_request_cache"] = cached
         parsed: RpRequest = cached[1]
         return parsed
@@ -234,6 +235,13 @@ class LoginFlow(Base):
     @property
     def amr_values(self) -> tuple[str, ...]:
         return tuple(json.loads(self.amr))
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_request(raw: str) -> RpRequest:
+    """A stored request, parsed once across the flow's requests (each reads its row anew):
+    keyed by the exact JSON, and an RpRequest is frozen (its state a read-only mapping)."""
+    return RpRequest.from_json(raw)
 
 
 # --- the state machine --------------------------------------------------------------------
@@ -344,11 +352,17 @@ _NEW_FLOW: dict[str, Any] = {
 _INSERT_FLOW = Prepared(sa.insert(_FLOW_TABLE).values(
     {column.key: sa.bindparam(column.key) for column in _FLOW_TABLE.columns}
 ))
-#: The result is taken once: finished_at set only where it is still empty.
+#: The result of a done flow is taken once: finished_at set only where it is still empty;
+#: the row as it then is comes back.
 _TAKE_RESULT = Prepared(
     sa.update(_FLOW_TABLE)
-    .where(_FLOW_TABLE.c.id == sa.bindparam("_id"), _FLOW_TABLE.c.finished_at.is_(None))
+    .where(
+        _FLOW_TABLE.c.id == sa.bindparam("_id"),
+        _FLOW_TABLE.c.state == FlowState.DONE.value,
+        _FLOW_TABLE.c.finished_at.is_(None),
+    )
     .values(finished_at=sa.bindparam("_now"))
+    .returning(*_FLOW_TABLE.columns)
 )
 
 
@@ -874,24 +888,19 @@ def finish(flow_id: str) -> AuthnResult:
     """
     from gateway import db as database
 
-    s = database.session()
-    flow = get_flow(s, flow_id)
-    if flow is None or not bound_to_browser(flow.id):
+    if not isinstance(flow_id, str) or not _FLOW_ID.match(flow_id) or not bound_to_browser(
+        flow_id
+    ):
         raise LoginError(None, "unknown login flow")
-    request = flow.request
-    state = flow.flow_state
-    if state is not FlowState.DONE:
-        if state not in FINAL_STATES and is_expired(flow):
-            with contextlib.suppress(IllegalTransition):
-                transition(s, flow, FlowState.EXPIRED, error=ErrorCode.EXPIRED.value)
-            s.commit()
-            state = flow.flow_state
-        code = ErrorCode(flow.error) if state in FINAL_STATES and flow.error else ErrorCode.FAILED
-        raise LoginError(AuthnError(code, request), f"login flow is {state.value}")
-    taken = _TAKE_RESULT.execute(s.connection(), {"_id": flow.id, "_now": clock.now()})
+    s = database.session()
+    # The usual case in one statement: a done flow whose result is still there is taken,
+    # and the UPDATE returns the row. Anything else is read to tell why not.
+    taken = _TAKE_RESULT.execute(s.connection(), {"_id": flow_id, "_now": clock.now()}).first()
+    if taken is None:
+        _refuse_finish(s, flow_id)
     s.commit()
-    if taken.rowcount != 1:
-        raise LoginError(None, "login result already taken")
+    flow = _flow_object(taken._asdict())
+    request = flow.request
     assert flow.level_reached is not None and flow.auth_time is not None and flow.route
     try:
         attributes = open_attributes(_settings(), flow.attributes)
@@ -909,6 +918,23 @@ def finish(flow_id: str) -> AuthnResult:
         sso_session_id=flow.sso_session_id,
         attributes=attributes,
     )
+
+
+def _refuse_finish(s: Session, flow_id: str) -> NoReturn:
+    """Why `finish` has no result for a flow of this browser: raises LoginError."""
+    flow = get_flow(s, flow_id)
+    if flow is None:
+        raise LoginError(None, "unknown login flow")
+    state = flow.flow_state
+    if state is FlowState.DONE:
+        raise LoginError(None, "login result already taken")
+    if state not in FINAL_STATES and is_expired(flow):
+        with contextlib.suppress(IllegalTransition):
+            transition(s, flow, FlowState.EXPIRED, error=ErrorCode.EXPIRED.value)
+        s.commit()
+        state = flow.flow_state
+    code = ErrorCode(flow.error) if state in FINAL_STATES and flow.error else ErrorCode.FAILED
+    raise LoginError(AuthnError(code, flow.request), f"login flow is {state.value}")
 
 
 def _settings() -> Settings:

@@ -234,7 +234,12 @@ def establish(
     # the statement); the row then joins the session as loaded, so later changes (`use`,
     # `end_session`) flush as UPDATEs and a read in this session finds this very object.
     _INSERT_SESSION.execute(db.connection(), values)
-    row = SsoSession(**values)
+    # Made as a load makes it (the instrumented constructor would record every value as a
+    # change only to have make_transient_to_detached forget them again).
+    if not _SESSION_MAPPER.configured:
+        sa.orm.configure_mappers()
+    row: SsoSession = _SESSION_MAPPER.class_manager.new_instance()
+    row.__dict__.update(values)
     make_transient_to_detached(row)
     db.add(row)
     flask_session[SESSION_KEY] = token
@@ -244,6 +249,7 @@ def establish(
 _INSERT_SESSION = Prepared(sa.insert(cast(sa.Table, SsoSession.__table__)).values(
     {column.key: sa.bindparam(column.key) for column in SsoSession.__table__.columns}
 ))
+_SESSION_MAPPER = sa.inspect(SsoSession)
 
 
 def logout(db: Session, settings: Settings) -> SsoSession | None:

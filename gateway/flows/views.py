@@ -128,14 +128,15 @@ def _to_flow(flow: LoginFlow, **args: Any) -> BaseResponse:
     return redirect(_flow_url(flow, **args), code=303)
 
 
-def _onward(flow: LoginFlow) -> BaseResponse:
+def _onward(flow: LoginFlow, account: Account | None = None) -> BaseResponse:
     """After a step that may have finished the flow: a finished flow goes straight on to
     where its GET would send it (the relying party, or first the e-mail question), saving
-    the browser one round trip, which costs most abroad; any other state to its page."""
+    the browser one round trip, which costs most abroad; any other state to its page.
+    `account`: the flow's account as read in this request, if it was."""
     if flow.flow_state is FlowState.DONE:
         from gateway.accounts.views import after_login
 
-        return redirect(after_login(flow), code=303)
+        return redirect(after_login(flow, account), code=303)
     return _to_flow(flow)
 
 
@@ -444,7 +445,7 @@ def password(flow_id: str) -> Any:
             return _factor_page(current, account, {"code": problem})
     else:
         s.commit()
-    return _onward(current)
+    return _onward(current, account)
 
 
 @bp.post("/login/<flow_id>/factor")
@@ -516,7 +517,7 @@ def code(flow_id: str) -> Any:
         return _to_flow(current)
     s.commit()
     _after_login()
-    return _onward(current)
+    return _onward(current, account)
 
 
 @bp.post("/login/<flow_id>/cancel")

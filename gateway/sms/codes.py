@@ -122,7 +122,12 @@ _SUPERSEDE = Prepared(
 _INSERT = Prepared(sa.insert(_CODES).values(
     {column.key: sa.bindparam(column.key) for column in _CODES.columns}
 ))
-_ADVISORY_LOCK = sa.text("SELECT pg_advisory_xact_lock(:key)")
+#: PostgreSQL only (see `_lock_flow`); sent to the driver as compiled like the rest.
+_ADVISORY_LOCK = Prepared(
+    sa.text("SELECT pg_advisory_xact_lock(:key)").bindparams(
+        sa.bindparam("key", type_=sa.BigInteger)
+    )
+)
 #: The newest code of a purpose and flow that no resend replaced.
 _LIVE = Prepared(
     sa.select(_CODES)
@@ -198,7 +203,7 @@ def _lock_flow(conn: sa.Connection, purpose: str, flow_id: str) -> None:
         return
     digest = hashlib.sha256(f"one_time_codes|{purpose}|{flow_id}".encode()).digest()
     key = int.from_bytes(digest[:8], "big", signed=True)
-    conn.execute(_ADVISORY_LOCK, {"key": key})
+    _ADVISORY_LOCK.execute(conn, {"key": key})
 
 
 def issue_code(

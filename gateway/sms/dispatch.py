@@ -179,14 +179,16 @@ class Dispatcher:
         text: str,
         purpose: str,
         idempotency_key: str,
+        country: str | None = None,
     ) -> Queued:
         """Add a new `queued` row to the caller's transaction (not committed); the caller
         commits, then calls `deliver`. For a fresh idempotency key only: a key that was used
-        before raises ValueError (use `send` to retry)."""
+        before raises ValueError (use `send` to retry). `country`: the number's region when
+        the caller parsed it already (`gateway.sms.phone.Phone.region`), else read here."""
         channel = _check_send(to=to, channel=channel, text=text, purpose=purpose,
                               idempotency_key=idempotency_key)
         row = self._new_row(to=to, channel=channel, text=text, purpose=purpose,
-                            idempotency_key=idempotency_key)
+                            idempotency_key=idempotency_key, country=country)
         if not self._insert(session, row):
             raise ValueError("idempotency key already used for another message")
         return Queued(row, to, idempotency_key)
@@ -249,15 +251,20 @@ class Dispatcher:
         ).one_or_none()
 
     def _new_row(
-        self, *, to: str, channel: str, text: str, purpose: str, idempotency_key: str
+        self, *, to: str, channel: str, text: str, purpose: str, idempotency_key: str,
+        country: str | None = None,
     ) -> SmsMessage:
-        """A new `queued` row (not in any session)."""
+        """A new `queued` row (not in any session): every column set, made as `get_flow`
+        makes a flow (the ORM's instrumented constructor costs more than the INSERT)."""
         now = clock.now()
-        row = SmsMessage(
+        if not _MAPPER.configured:
+            sa.orm.configure_mappers()
+        row: SmsMessage = _MAPPER.class_manager.new_instance()
+        row.__dict__.update(
             id=str(uuid.uuid4()),
             to_hmac=phone_hmac(self.settings, to),
             to_last2=to[-2:],
-            country=country_of(to),
+            country=country if country is not None else country_of(to),
             channel=channel,
             purpose=purpose,
             segments=1 if channel == "voice" else segments(text).count,
@@ -378,6 +385,7 @@ class Dispatcher:
 
 _TABLE: sa.Table = SmsMessage.__table__  # type: ignore[assignment]
 _COLUMNS = tuple(_TABLE.columns)
+_MAPPER = sa.inspect(SmsMessage)
 
 # The statements of every send, built and compiled once (building and caching them per call
 # costs more CPU than the database spends on them) and sent to the driver in the caller's

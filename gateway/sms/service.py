@@ -85,6 +85,7 @@ class Dispatcher(Protocol):
         text: str,
         purpose: str,
         idempotency_key: str,
+        country: str | None = None,
     ) -> Any: ...
 
     def deliver(self, bind: Any, queued: Any, text: str) -> Any: ...
@@ -210,6 +211,7 @@ class SmsService:
                 text=text,
                 purpose=purpose.value,
                 idempotency_key=f"otp:{issued.id}",
+                country=target.region,
             )
             if session is not None:
                 session.commit()
