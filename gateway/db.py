@@ -224,8 +224,9 @@ class Prepared:
 
     Rules, checked when a statement is first compiled: every parameter the statement needs is
     passed (a column's Python-side default is *not* applied: pass the value); no expanding
-    (IN), callable or post-compile parameters. Cursor-execute events
-    (`before_cursor_execute`) do not see these statements.
+    (IN), callable or post-compile parameters. `before_cursor_execute` listeners see each
+    statement (with no execution context: None), so statement counts and plan dumps
+    (bench/login_cpu.py, bench/login_scale.py) include them; other events do not fire.
     """
 
     __slots__ = ("_plans", "statement")
@@ -244,6 +245,10 @@ class Prepared:
         args = plan.arguments(params)
         dbapi_connection: Any = conn.connection.driver_connection
         cursor = dbapi_connection.cursor()
+        listeners = conn.dispatch.before_cursor_execute
+        if listeners:
+            for listener in listeners:
+                listener(conn, cursor, plan.sql, args, None, False)
         try:
             if plan.prepare:
                 cursor.execute(plan.sql, args, prepare=True)

@@ -125,3 +125,22 @@ def test_refusals(table: tuple[sa.Engine, sa.Table]) -> None:
             conn.execute(sa.insert(t), {"id": "n", "n": 1, "at": naive, "flag": True})
         with pytest.raises(ValueError):  # the type's own check still runs
             insert.execute(conn, {"id": "n", "n": 1, "at": naive, "flag": True, "note": None})
+
+
+def test_cursor_listeners_see_the_statements(table: tuple[sa.Engine, sa.Table]) -> None:
+    engine, t = table
+    seen: list[str] = []
+
+    def listen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        seen.append(statement)
+
+    select = Prepared(sa.select(t.c.id).where(t.c.id == sa.bindparam("key")))
+    sa.event.listen(engine, "before_cursor_execute", listen)
+    try:
+        with engine.begin() as conn:
+            select.execute(conn, {"key": "x"})
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", listen)
+    assert [s for s in seen if s.lstrip().upper().startswith("SELECT")] == [
+        select.statement.compile(dialect=engine.dialect).string
+    ]
