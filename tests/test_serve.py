@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -173,3 +174,30 @@ def test_thread_and_worker_counts_are_bounded(tmp_path: Path) -> None:
             main, ["serve", option, value], env={"GATEWAY_INSTANCE_DIR": str(tmp_path / "i")}
         )
         assert result.exit_code == 2 and option in result.output
+
+
+def test_the_process_environment_stays_out_of_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """granian starts each WSGI environ from a copy of os.environ (checked with granian
+    2.8.9): the app must see only what the request brought."""
+    from gateway.server import _RequestOnly
+
+    monkeypatch.setenv("GATEWAY_SECRET_KEY", "secret-" + "x" * 40)
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("HTTP_X_FROM_ENV", "process value")
+    seen: dict[str, Any] = {}
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.update(environ)
+        return []
+
+    wrapped = _RequestOnly(app)  # type: ignore[arg-type]
+    environ = {
+        **os.environ,  # what granian copies
+        "REQUEST_METHOD": "GET", "PATH_INFO": "/", "REMOTE_ADDR": "192.0.2.10",
+        "HTTP_HOST": "gateway.example", "HTTP_X_FROM_ENV": "the client's own value",
+    }
+    wrapped(environ, lambda *_args: None)
+    assert "GATEWAY_SECRET_KEY" not in seen and "PATH" not in seen
+    assert "HTTP_PROXY" not in seen  # a variable, not a header the client sent
+    assert seen["HTTP_X_FROM_ENV"] == "the client's own value"
+    assert seen["HTTP_HOST"] == "gateway.example" and seen["REMOTE_ADDR"] == "192.0.2.10"
