@@ -41,7 +41,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Mapper, Session, mapped_column
 
 from gateway import clock
-from gateway.db import Base, Prepared, UTCDateTime
+from gateway.db import Base, Prepared, UTCDateTime, as_loaded
 from gateway.desks.bsn import is_valid_bsn
 from gateway.settings import Settings
 
@@ -226,16 +226,7 @@ def record(
     conn = session.connection()
     _INSERT_ENTRY.execute(conn, values)
     _MOVE_HEAD.execute(conn, {"b_seq": seq, "b_hash": entry_hash})
-    # Every column set, without the ORM's instrumented constructor (it costs more than the
-    # INSERT): an object as a load outside any session leaves it.
-    if not _ENTRY_MAPPER.configured:
-        sa.orm.configure_mappers()
-    entry: AuditEntry = _ENTRY_MAPPER.class_manager.new_instance()
-    entry.__dict__.update(values)
-    return entry
-
-
-_ENTRY_MAPPER = sa.inspect(AuditEntry)
+    return as_loaded(AuditEntry, values)
 
 
 def _check_fields(fields: dict[str, str | None]) -> None:

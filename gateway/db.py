@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from flask import Flask, current_app, g
@@ -269,6 +269,29 @@ class Prepared:
         finally:
             cursor.close()
         return PreparedResult([plan.row(r) for r in rows] if rows else [], rowcount)
+
+
+_M = TypeVar("_M")
+
+
+def as_loaded(model: type[_M], values: Mapping[str, Any]) -> _M:
+    """An instance of `model` holding `values` (a whole row) as a load outside any session
+    leaves it: without the ORM's instrumented constructor, which records every value as a
+    change and costs more than the statement that wrote or read the row (the hot paths that
+    run `Prepared` statements). `make_transient_to_detached` and `Session.add` then make it
+    part of a session where that is wanted."""
+    mapper = _MAPPERS.get(model)
+    if mapper is None:
+        mapper = sa.inspect(model)
+        if not mapper.configured:
+            sa.orm.configure_mappers()  # sets up attribute access, as a first query would
+        _MAPPERS[model] = mapper
+    instance: _M = mapper.class_manager.new_instance()
+    instance.__dict__.update(values)
+    return instance
+
+
+_MAPPERS: dict[type[Any], Any] = {}
 
 
 def transaction_connection(session: Session | sa.Connection) -> sa.Connection:

@@ -61,7 +61,7 @@ from gateway.accounts.models import Account, AccountCode, AccountStatus
 from gateway.accounts.passwords import PasswordProblem, Passwords, check_new_password
 from gateway.accounts.policy import AccountsPolicy, LockoutPolicy, PasswordPolicy
 from gateway.app import get_policies, get_settings
-from gateway.db import Prepared, UTCDateTime, get_db
+from gateway.db import Prepared, UTCDateTime, as_loaded, get_db
 from gateway.desks.codes import (
     CodeKind,
     code_hmac,
@@ -348,7 +348,6 @@ _READ_ACCOUNT = Prepared(sa.select(_ACCOUNTS).where(_ACCOUNTS.c.id == sa.bindpar
 _FIND_ACCOUNT = Prepared(
     sa.select(_ACCOUNTS).where(_ACCOUNTS.c.username_key == sa.bindparam("b_key"))
 )
-_ACCOUNT_MAPPER = sa.inspect(Account)
 
 
 def read_account(session: Session, account_id: str) -> Account | None:
@@ -370,14 +369,11 @@ def _loaded(session: Session, row: Any) -> Account:
     """The Account of a whole row just read (a `Prepared` row), in the session as an ORM
     load leaves it (with populate_existing: an object the session already holds takes the
     row's values)."""
-    if not _ACCOUNT_MAPPER.configured:
-        sa.orm.configure_mappers()
     values = row._asdict()
     held = session.identity_map.get(identity_key(Account, values["id"]))
     if held is not None:
         return session.get(Account, values["id"], populate_existing=True) or held
-    account: Account = _ACCOUNT_MAPPER.class_manager.new_instance()
-    account.__dict__.update(values)
+    account = as_loaded(Account, values)
     make_transient_to_detached(account)
     session.add(account)
     return account

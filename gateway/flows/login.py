@@ -80,7 +80,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from gateway import clock
 from gateway.accounts.models import Account
 from gateway.crypto import SealError, seal, unseal
-from gateway.db import Base, Prepared, UTCDateTime, delete_due
+from gateway.db import Base, Prepared, UTCDateTime, as_loaded, delete_due
 from gateway.flows import sessions as sso
 from gateway.flows.routes import (
     KIND_ACCOUNT,
@@ -329,17 +329,11 @@ def _move(
 _MOVES: dict[frozenset[str], Prepared] = {}
 _FLOW_TABLE = cast(sa.Table, LoginFlow.__table__)
 _GET_FLOW = Prepared(sa.select(_FLOW_TABLE).where(_FLOW_TABLE.c.id == sa.bindparam("_id")))
-_FLOW_MAPPER = sa.inspect(LoginFlow)
 
 
 def _flow_object(values: Mapping[Any, Any]) -> LoginFlow:
     """A LoginFlow holding `values` (a whole row), outside any session."""
-    if not _FLOW_MAPPER.configured:
-        # The ORM sets up attribute access when it first configures its mappers.
-        sa.orm.configure_mappers()
-    flow: LoginFlow = _FLOW_MAPPER.class_manager.new_instance()
-    flow.__dict__.update(values)
-    return flow
+    return as_loaded(LoginFlow, values)
 
 
 #: Every column of a new flow that create_flow does not set: its value at the start.

@@ -38,7 +38,7 @@ from sqlalchemy.orm import Mapped, Session, make_transient_to_detached, mapped_c
 from gateway import clock
 from gateway.accounts.models import Account, AccountStatus
 from gateway.accounts.policy import SessionPolicy
-from gateway.db import Base, Prepared, UTCDateTime
+from gateway.db import Base, Prepared, UTCDateTime, as_loaded
 from gateway.levels import Level
 from gateway.settings import Settings
 
@@ -234,12 +234,7 @@ def establish(
     # the statement); the row then joins the session as loaded, so later changes (`use`,
     # `end_session`) flush as UPDATEs and a read in this session finds this very object.
     _INSERT_SESSION.execute(db.connection(), values)
-    # Made as a load makes it (the instrumented constructor would record every value as a
-    # change only to have make_transient_to_detached forget them again).
-    if not _SESSION_MAPPER.configured:
-        sa.orm.configure_mappers()
-    row: SsoSession = _SESSION_MAPPER.class_manager.new_instance()
-    row.__dict__.update(values)
+    row = as_loaded(SsoSession, values)
     make_transient_to_detached(row)
     db.add(row)
     flask_session[SESSION_KEY] = token
@@ -249,7 +244,6 @@ def establish(
 _INSERT_SESSION = Prepared(sa.insert(cast(sa.Table, SsoSession.__table__)).values(
     {column.key: sa.bindparam(column.key) for column in SsoSession.__table__.columns}
 ))
-_SESSION_MAPPER = sa.inspect(SsoSession)
 
 
 def logout(db: Session, settings: Settings) -> SsoSession | None:

@@ -40,7 +40,7 @@ from joserfc.jwk import ECKey, KeySet, RSAKey
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from gateway import clock
-from gateway.db import Base, Prepared, UTCDateTime, delete_due
+from gateway.db import Base, Prepared, UTCDateTime, as_loaded, delete_due
 from gateway.flows.types import AuthnResult
 from gateway.idp.oidc.clients import ENCRYPTION_ALG, ENCRYPTION_ENC, SIGNING_ALGS, Client
 from gateway.keys import KeyStore, SigningKey
@@ -169,7 +169,6 @@ _INSERT_ACCESS = sa.insert(_TOKENS).from_select(_TOKEN_COLUMNS, _token_row("acce
 _INSERT_ACCESS_REFRESH = sa.insert(_TOKENS).from_select(
     _TOKEN_COLUMNS, sa.union_all(_token_row("access"), _token_row("refresh"))
 )
-_GRANT_MANAGER = sa.inspect(OidcGrant).class_manager
 # The code's row is found by its unique hash alone; the client binding is checked on that
 # row (in SET, and again by the caller on the row returned), never in WHERE. With
 # `client_id = :c` in WHERE, PostgreSQL without statistics on the table (never ANALYZEd:
@@ -303,11 +302,8 @@ def consume_code(
     if won is not None and won.client_id == client_id and won.code_used_at is not None:
         if commit_win:
             db.commit()
-        # A detached copy of the row (nothing writes to it through the ORM), made without the
-        # constructor's per-attribute events.
-        grant: OidcGrant = _GRANT_MANAGER.new_instance()
-        grant.__dict__.update(won._asdict())
-        return grant
+        # A detached copy of the row (nothing writes to it through the ORM).
+        return as_loaded(OidcGrant, won._asdict())
     # Replay (or a code of another client): revoke the family the first use started.
     db.execute(
         sa.update(OidcGrant)
