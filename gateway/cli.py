@@ -7,10 +7,11 @@ Subsystems keep their commands beside their code (a click group each) and are ad
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import click
@@ -43,6 +44,29 @@ def load_app(settings: Settings | None = None) -> Flask:
         return create_app(settings or load_settings())
     except (SettingsError, PolicyError) as exc:
         raise Failure(str(exc)) from None
+
+
+@contextlib.contextmanager
+def batch_work(app: Flask) -> Iterator[None]:
+    """For commands that work through the database in batches (`purge`, `accounts expire`):
+    a database or store error becomes one line saying that finished batches stay done (the
+    class only: a driver's message may carry the URL), and the app's connections are
+    closed at the end."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway.db import get_db
+    from gateway.store import StoreUnavailable
+
+    try:
+        with app.app_context():
+            yield
+    except (SQLAlchemyError, StoreUnavailable) as exc:
+        raise Failure(
+            f"database error ({type(exc).__name__}); batches already done stay done, "
+            "run the command again"
+        ) from None
+    finally:
+        get_db(app).dispose()
 
 
 def one_line_errors(func: F) -> F:
@@ -134,24 +158,11 @@ def purge(dry_run: bool, batch_size: int | None) -> None:
     # Imported here: the models are not needed by every other command.
     import json
 
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from gateway.db import get_db
     from gateway.purge import purge_all
-    from gateway.store import StoreUnavailable
 
     app = load_app()
-    try:
-        with app.app_context():
-            counts = purge_all(app, dry_run=dry_run, batch_size=batch_size)
-    except (SQLAlchemyError, StoreUnavailable) as exc:
-        # The class only: a driver's message may carry the URL.
-        raise Failure(
-            f"database error ({type(exc).__name__}); batches already done stay done, "
-            "run the command again"
-        ) from None
-    finally:
-        get_db(app).dispose()
+    with batch_work(app):
+        counts = purge_all(app, dry_run=dry_run, batch_size=batch_size)
     click.echo(json.dumps(counts))
 
 

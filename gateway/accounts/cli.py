@@ -19,26 +19,15 @@ def accounts() -> None:
 def expire() -> None:
     """Expire accounts that have not been used for the policy's expire_unused_days."""
     # Imported here: gateway.cli imports this module to add the group.
-    from sqlalchemy.exc import SQLAlchemyError
-
     from gateway import clock
     from gateway.accounts.service import expire_unused
     from gateway.app import get_policies, get_settings
-    from gateway.cli import Failure, load_app
+    from gateway.cli import batch_work, load_app
     from gateway.db import get_db
 
     app = load_app()
-    try:
-        with app.app_context(), get_db(app).sessionmaker() as session:
-            count = expire_unused(
-                session, clock.now(), get_policies(app).accounts, settings=get_settings(app)
-            )
-    except SQLAlchemyError as exc:
-        # The class only: a driver's message may carry the URL.
-        raise Failure(
-            f"database error ({type(exc).__name__}); batches already done stay done, "
-            "run the command again"
-        ) from None
-    finally:
-        get_db(app).dispose()
+    with batch_work(app), get_db(app).sessionmaker() as session:
+        count = expire_unused(
+            session, clock.now(), get_policies(app).accounts, settings=get_settings(app)
+        )
     click.echo(f"{count} accounts expired")
