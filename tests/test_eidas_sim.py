@@ -710,7 +710,7 @@ def test_delay_holds_every_answer_back(
     from gateway.eidas_sim import app as sim_app_module
 
     slept: list[float] = []
-    monkeypatch.setattr(sim_app_module.time, "sleep", slept.append)
+    monkeypatch.setattr(sim_app_module, "_sleep", slept.append)
     app = create_sim_app(sim_settings, base_url=BASE, key_dir=tmp_path / "slow-keys",
                          sp_metadata=connector.metadata(), delay=2.5)
     client = app.test_client()

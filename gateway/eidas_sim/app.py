@@ -300,10 +300,15 @@ def _country_name(code: str) -> str:
     return str(COUNTRY_NAMES.get(code, code))
 
 
+#: How the simulator waits (`--delay`): its own name, so a test can replace it for this
+#: module without replacing `time.sleep` for every thread of the process.
+_sleep = time.sleep
+
+
 def _slow_down() -> None:
     delay = get_sim().delay
     if delay and request.endpoint != "static":
-        time.sleep(delay)
+        _sleep(delay)
 
 
 # --- pages ----------------------------------------------------------------------------------

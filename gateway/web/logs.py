@@ -172,9 +172,13 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
         finally:
             self.release()
 
+        pause = threading.Event()  # never set: its wait() is the timer's sleep
+
         def tick() -> None:
+            # Event.wait, not time.sleep: a test that replaces time.sleep for its own module
+            # replaces it for this thread too, which would then spin.
             while self._timer_pid == os.getpid():
-                time.sleep(FLUSH_SECONDS / 2)
+                pause.wait(FLUSH_SECONDS / 2)
                 if self._waiting and time.monotonic() - self._oldest >= FLUSH_SECONDS:
                     self.flush()
 
