@@ -90,3 +90,18 @@ def test_nothing_is_lost_or_doubled_at_exit_of_a_process_and_its_worker() -> Non
                           timeout=60, check=True)
     messages = [json.loads(line)["message"] for line in done.stderr.splitlines()]
     assert sorted(messages) == ["after the worker", "before the fork", "in the worker"]
+
+
+def test_the_timer_does_not_depend_on_time_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test elsewhere may replace time.sleep (for its own module: the module object is
+    shared); the timer thread must neither spin on it nor stop working."""
+    calls: list[float] = []
+    monkeypatch.setattr(time, "sleep", calls.append)
+    monkeypatch.setattr(logs, "FLUSH_SECONDS", 0.05)
+    handler, stream = _handler()
+    handler.handle(_record("gateway.request", logging.INFO, "alone"))
+    deadline = time.monotonic() + 10
+    while not stream.getvalue() and time.monotonic() < deadline:
+        logs.threading.Event().wait(0.02)
+    assert _messages(stream) == ["alone"]
+    assert calls == []
