@@ -191,3 +191,33 @@ def test_logout_needs_a_post_with_csrf(make_app: Any) -> None:
     assert _needs_password(client)
     assert json.loads(sso_rows(app)[0].rps) == ["self"]
     assert PASSWORD not in page.get_data(as_text=True)
+
+
+def test_session_entries_are_what_the_tagged_serializer_writes(app: Flask) -> None:
+    """The plain-JSON fast path writes the tagged serializer's bytes and reads them back;
+    values that need a tag (datetime, tuple, bytes, Markup, a dict that looks like a tag)
+    still get one."""
+    from datetime import UTC, datetime
+
+    from flask.json.tag import TaggedJSONSerializer
+    from markupsafe import Markup
+
+    from gateway.web.sessions import _dumps, _loads
+
+    tagged = TaggedJSONSerializer()
+    values: list[dict[str, Any]] = [
+        {},
+        {"b": 1, "a": "x", "c": [1, 2.5, None, True, {"z": "ë \" {\" t\""}]},
+        {"csrf": "abc", "flows": ["f1", "f2"], "n": -3, "nested": {"k": {"j": []}}},
+        {"at": datetime(2026, 11, 29, 5, 0, tzinfo=UTC)},
+        {"pair": (1, 2)},
+        {"raw": b"\x00\xff"},
+        {"html": Markup("<b>x</b>")},
+        {"tricky": {" t": [1, 2]}},
+        {"tricky": {" di": {"a": 1}}},
+    ]
+    with app.test_request_context():
+        for value in values:
+            expected = tagged.dumps(value).encode()
+            assert _dumps(value) == expected
+            assert _loads(expected) == tagged.loads(expected.decode()) == value

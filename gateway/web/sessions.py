@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-from flask import Flask, Request, Response
+from flask import Flask, Request, Response, current_app
 from flask import session as flask_session
 from flask.json.tag import TaggedJSONSerializer
 from flask.sessions import SessionInterface, SessionMixin
@@ -147,7 +148,7 @@ class StoreSessionInterface(SessionInterface):
         if raw is None:
             return None
         try:
-            data = _serializer.loads(raw.decode())
+            data = _loads(raw)
         except ValueError:
             return None
         if not isinstance(data, dict):
@@ -209,7 +210,34 @@ class StoreSessionInterface(SessionInterface):
 
 
 def _dumps(data: dict[str, Any]) -> bytes:
+    if _plain(data):
+        # What the tagged serializer writes for plain JSON values, without its walk over
+        # every value (it tries each of its tags on each one): the same bytes.
+        return current_app.json.dumps(data, separators=(",", ":")).encode()
     return _serializer.dumps(data).encode()
+
+
+def _loads(raw: bytes) -> Any:
+    if b'{" ' not in raw:
+        # No tagged value inside: a tag is an object whose one key begins with a space, and
+        # compact JSON has that byte sequence nowhere else (a quote inside a string is \").
+        return json.loads(raw)
+    return _serializer.loads(raw.decode())
+
+
+def _plain(value: Any) -> bool:
+    """JSON as it is: values the tagged serializer leaves untouched (exact types: a str
+    subclass such as Markup, or a tuple, gets a tag)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return True
+    if kind is dict:
+        if len(value) == 1 and str(next(iter(value))).startswith(" "):
+            return False  # looks like a tag: the serializer escapes such a dict
+        return all(type(k) is str and _plain(v) for k, v in value.items())
+    if kind is list:
+        return all(_plain(v) for v in value)
+    return False
 
 
 def regenerate_session() -> str:
