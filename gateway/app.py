@@ -8,6 +8,9 @@ with one line instead of failing at the first login.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from flask import Flask
 
 from gateway import db
@@ -15,11 +18,38 @@ from gateway.policy import Policies, load_policies
 from gateway.settings import Settings
 
 
+class GatewayFlask(Flask):
+    """Flask, with `ensure_sync` remembered per function: Flask asks
+    `inspect.iscoroutinefunction` again for the view and for every request hook on every
+    request (eight times for a page here), and the answer for a function never changes."""
+
+    _MAX_SYNC_CACHE = 512
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        try:
+            return self._sync[func]
+        except KeyError:
+            pass
+        except TypeError:  # not hashable
+            return super().ensure_sync(func)
+        wrapped = super().ensure_sync(func)
+        if len(self._sync) >= self._MAX_SYNC_CACHE:
+            self._sync.clear()  # per-request callbacks (after_this_request) must not pile up
+        self._sync[func] = wrapped
+        return wrapped
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     policies = load_policies(settings.policies_dir)
 
-    app = Flask("gateway", instance_path=str(settings.instance_dir), instance_relative_config=False)
+    app = GatewayFlask(
+        "gateway", instance_path=str(settings.instance_dir), instance_relative_config=False
+    )
     app.config["GATEWAY_SETTINGS"] = settings
     app.config["GATEWAY_POLICIES"] = policies
     app.config["SECRET_KEY"] = settings.derive_key("flask-session")
