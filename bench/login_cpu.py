@@ -1,6 +1,6 @@
 """CPU cost of one complete midden login against one argon2id hash (issue 5, "Performance").
 
-    .venv/bin/python bench/login_cpu.py [-n 30] [--postgres] [--profile]
+    .venv/bin/python bench/login_cpu.py [-n 30] [--postgres] [--profile] [--floor]
 
 Measures, in one process and one run, the process CPU time (`time.process_time()`) of
 - one argon2id hash at the parameters in policies/accounts.yaml, N times;
@@ -14,6 +14,9 @@ SQLite by default (all the work is in this process). `--postgres` uses a Postgre
 of its own (gwbench_<random>, dropped at the end) and a Redis key prefix of its own: the
 database and Redis servers' CPU is then not in the number (only the client side is).
 `--profile` runs the logins once more under cProfile and prints where the time goes.
+`--floor` also measures six requests (a login's count) to a view that only redirects, through
+the test client, in a bare Flask app and in the gateway's app: what any login of this shape
+costs before it does anything, as a share of the hash.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Flask, redirect
 from sqlalchemy import event
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -63,6 +66,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL + Redis")
     parser.add_argument("--profile", action="store_true", help="cProfile the logins")
+    parser.add_argument(
+        "--floor", action="store_true",
+        help="also measure six trivial requests (the login's count) through the test client",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="gwbench-") as tmp:
@@ -83,6 +90,8 @@ def main() -> None:
 
 def run(args: argparse.Namespace, instance: Path, url: str, prefix: str | None) -> None:
     app = make_app(instance, url, prefix)
+    if args.floor:
+        add_floor_route(app)
     policy = get_policies(app).accounts.password
     outbox = get_settings(app).sms_outbox
     total = args.warmup + args.n + (2 * args.n if args.profile else 0)
@@ -121,6 +130,9 @@ def run(args: argparse.Namespace, instance: Path, url: str, prefix: str | None) 
           f"Keycloak's sizing implies about 1.7x)")
     print(f"login CPU beyond the hash: {(median(logins) - median(hashes)) * 1000:.2f} ms")
 
+    if args.floor:
+        print_floor(app, hasher, args.n)
+
     if args.profile:
         print_breakdown(app, one_login, range(args.warmup + args.n, args.warmup + 2 * args.n))
         # CPU time, like the measurement: wall time would show SQLite's fsync waits.
@@ -135,6 +147,47 @@ def run(args: argparse.Namespace, instance: Path, url: str, prefix: str | None) 
         stats.sort_stats("cumulative").print_stats(45)
         stats.sort_stats("tottime").print_stats(30)
         print(out.getvalue())
+
+
+def add_floor_route(app: Flask) -> None:
+    """Before the app's first request (Flask refuses new routes after it)."""
+    app.add_url_rule("/_bench_floor", "_bench_floor", lambda: redirect("/", 303))
+
+
+def print_floor(app: Flask, hasher: Passwords, n: int) -> None:
+    """What a login costs before it does anything: six requests (a login's count) through
+    the test client to a view that only redirects, in a bare Flask app and in the gateway's
+    app (its request hooks: sessions untouched, CSRF, security headers, request log,
+    metrics), each with a new client as a login has; interleaved with hashes like the
+    logins. Context for the ratio, not part of it."""
+    bare = Flask("floor")
+    add_floor_route(bare)
+
+    def six(target: Flask) -> None:
+        client = target.test_client()
+        for _ in range(6):
+            client.get("/_bench_floor", environ_base={"REMOTE_ADDR": "10.255.0.1"})
+
+    results: dict[str, list[float]] = {"bare Flask": [], "gateway app": []}
+    hashes: list[float] = []
+    for k in range(n + 5):
+        t0 = time.process_time()
+        hasher.hash(PASSWORD)
+        t1 = time.process_time()
+        six(bare)
+        t2 = time.process_time()
+        six(app)
+        t3 = time.process_time()
+        if k >= 5:
+            hashes.append(t1 - t0)
+            results["bare Flask"].append(t2 - t1)
+            results["gateway app"].append(t3 - t2)
+    h = median(hashes)
+    print("\nFloor: six requests to a view that only redirects, through the test client "
+          f"(hash median {h * 1000:.2f} ms in this part):")
+    for label, values in results.items():
+        m = median(values)
+        print(f"  {label:<12} {m * 1000:7.2f} ms   {m / h:.2f}x the hash")
 
 
 def print_breakdown(app: Flask, one_login: Callable[[int], None], accounts: range) -> None:
