@@ -8,6 +8,7 @@ test fails when the two disagree or when a message used in code or templates has
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,9 +16,12 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from flask import Flask, g, has_request_context, request
 from flask_babel import Babel, get_translations, gettext, lazy_gettext, ngettext
+from jinja2 import pass_eval_context
+from markupsafe import Markup
 
 if TYPE_CHECKING:
     from flask import Response
+    from jinja2.nodes import EvalContext
 
     from gateway.settings import Settings
 
@@ -78,6 +82,23 @@ def _translations() -> Any:
     return translations
 
 
+def _template_gettext(translate: Callable[[str], str]) -> Callable[..., str]:
+    """Jinja's newstyle `gettext` (jinja2.ext._make_new_gettext) over `translate`: Markup
+    when autoescaping, and always formatted with `%` (so "%%" is "%" with or without
+    variables, and variables are escaped); a string without "%" comes back as it is."""
+
+    @pass_eval_context
+    def gettext(eval_ctx: EvalContext, string: str, /, **variables: Any) -> str:
+        rv = translate(string)
+        if eval_ctx.autoescape:
+            rv = Markup(rv)  # noqa: S704 - catalog text, trusted as jinja2.ext trusts it
+        if not variables and "%" not in rv:
+            return rv  # what `rv % {}` gives, without formatting
+        return rv % variables
+
+    return gettext
+
+
 def current_language() -> str:
     """The language of the current request ("nl" or "en"); Dutch outside a request."""
     return select_language()
@@ -103,6 +124,18 @@ def init_app(app: Flask, settings: Settings) -> Babel:
         pgettext=lambda c, s: _translations().upgettext(c, s),
         npgettext=lambda c, s, p, n: _translations().unpgettext(c, s, p, n),
     )
+    # `_` and `gettext` in one call instead of jinja2.ext's alias -> newstyle wrapper ->
+    # callable chain (three Context.call each). A rendered page gets them bound to the
+    # request's catalog (context processor); macros of an imported template, which see
+    # only the globals, look it up per string.
+    app.jinja_env.globals["_"] = app.jinja_env.globals["gettext"] = _template_gettext(
+        lambda s: _translations().ugettext(s)
+    )
+
+    @app.context_processor
+    def _bound_gettext() -> dict[str, Any]:
+        gettext = _template_gettext(_translations().ugettext)
+        return {"_": gettext, "gettext": gettext}
 
     @app.after_request
     def _remember_language(response: Response) -> Response:

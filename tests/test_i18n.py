@@ -109,3 +109,25 @@ def test_dutch_by_default_and_english_on_request(app: Flask, client: FlaskClient
         assert current_language() == "en"
     body = client.get("/").get_data(as_text=True)
     assert "Inloggen vanuit het buitenland" in body and "Direct naar de inhoud" in body
+
+
+def test_template_gettext_keeps_jinja_newstyle_semantics(app: Flask) -> None:
+    """`_` in a page (bound per render) and in an imported macro (global) behaves as
+    jinja2.ext's newstyle gettext: Markup, `%` always applied, variables escaped."""
+    from flask import render_template_string
+
+    source = """{% import "_forms.html" as forms %}{{ _("100%%") }}|{{ _("x %(v)s", v="<b>") }}|
+{{- _("Log in") }}|{{ gettext("Log in") }}|{{ forms.input("n", "N", error="e") }}"""
+    with app.test_request_context("/?lang=nl"):
+        html = render_template_string(source)
+    assert html.startswith("100%|x &lt;b&gt;|Inloggen|Inloggen|")
+    assert '<span class="visually-hidden">Fout:</span> e' in html
+
+
+def test_template_url_for_caches_per_script_root(app: Flask) -> None:
+    from flask import render_template_string
+
+    source = "{{ url_for('static', filename='gateway.css') }} {{ url_for('web.home') }}"
+    for root in ("", "/gw", ""):
+        with app.test_request_context("/", base_url=f"http://localhost{root}/"):
+            assert render_template_string(source) == f"{root}/static/gateway.css {root}/"

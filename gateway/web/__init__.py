@@ -15,9 +15,11 @@ What other modules use:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlencode
 
-from flask import Flask, request
+from flask import Flask, has_request_context, request
 
 from gateway.i18n import LANGUAGE_PARAM, LANGUAGES
 from gateway.settings import Settings
@@ -52,12 +54,61 @@ def language_url(language: str) -> str:
     return request.path + "?" + urlencode(args)
 
 
+#: Bounds the template URL cache (it holds endpoints without values and static files).
+_URL_CACHE_SIZE = 512
+
+
+def template_url_for(app: Flask) -> Callable[..., str]:
+    """`url_for` for templates that remembers the URLs every request builds alike: an
+    endpoint without values, or a static file (no cache busting), per script root. Others
+    (a flow's form action, `_external`, a blueprint-relative ".name") are built each time."""
+    build = app.url_for
+    # Without host or subdomain matching, a relative URL depends only on the endpoint, its
+    # values and the script root (werkzeug's MapAdapter.build).
+    cacheable = not app.url_map.host_matching and not app.subdomain_matching
+    cache: dict[tuple[str, str | None, str], str] = {}
+
+    def url_for(endpoint: str, /, **values: Any) -> str:
+        if not cacheable or endpoint[:1] == "." or app.url_default_functions:
+            return build(endpoint, **values)
+        filename = None
+        if values:
+            filename = values.get("filename")
+            if (
+                len(values) != 1
+                or not isinstance(filename, str)
+                or not (endpoint == "static" or endpoint.endswith(".static"))
+            ):
+                return build(endpoint, **values)
+        if not has_request_context():
+            return build(endpoint, **values)
+        key = (endpoint, filename, request.script_root)
+        url = cache.get(key)
+        if url is None:
+            url = build(endpoint, **values)
+            if url[:1] == "/" and url[:2] != "//" and len(cache) < _URL_CACHE_SIZE:
+                cache[key] = url
+        return url
+
+    return url_for
+
+
+def form_macros(app: Flask) -> Callable[[], Any]:
+    """`{% set forms = form_macros() %}`: the macros of _forms.html as `{% import
+    "_forms.html" as forms %}` gives them (the module Jinja keeps per template), without the
+    import's comparison of every global name, which costs a login page as much as a tenth
+    of its rendering."""
+    return lambda: app.jinja_env.get_template("_forms.html").module
+
+
 def init_app(app: Flask, settings: Settings) -> None:
     logs.init_app(app)  # first: its after_request runs last and sees the final status
     sessions.init_app(app, settings)
     csrf.init_app(app)
     headers.init_app(app, settings)
     errors.init_app(app)
+    app.jinja_env.globals["url_for"] = template_url_for(app)
+    app.jinja_env.globals["form_macros"] = form_macros(app)
     app.jinja_env.globals["language_url"] = language_url
     app.jinja_env.globals["request_id"] = request_id
     app.jinja_env.globals["languages"] = LANGUAGES
