@@ -8,6 +8,7 @@ in their `init_app` and raise `SettingsError` the same way.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -25,6 +26,13 @@ SMS_PROVIDERS = ("outbox", "kannel", "http")
 
 #: A secret shorter than this is refused: it keys the HMACs of codes and the audit chain.
 MIN_SECRET_BYTES = 32
+
+
+@functools.lru_cache(maxsize=256)
+def _derive_key(secret_key: bytes, purpose: str) -> bytes:
+    # Cached: several keys are derived on every request (codes, limits, sessions), and the
+    # result depends on these two values only. Purposes are names in code, so few entries.
+    return hmac.new(secret_key, b"abroad-gateway/" + purpose.encode(), hashlib.sha256).digest()
 
 
 class SettingsError(Exception):
@@ -78,9 +86,7 @@ class Settings:
     def derive_key(self, purpose: str) -> bytes:
         """A key for one purpose, derived from GATEWAY_SECRET_KEY, so that purposes never share
         a key (a code HMAC can never be replayed as an audit hash, for example)."""
-        return hmac.new(
-            self.secret_key, b"abroad-gateway/" + purpose.encode(), hashlib.sha256
-        ).digest()
+        return _derive_key(self.secret_key, purpose)
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)

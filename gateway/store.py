@@ -19,6 +19,7 @@ instead of a round trip and a commit per counter.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -212,12 +213,19 @@ class DatabaseStore:
         self._lock = threading.Lock()
         self._insert: Any = sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
         self._sqlite = engine.dialect.name == "sqlite"
-        self._sql = _statements("?" if self._sqlite else "%s")
+        self._mark = "?" if self._sqlite else "%s"
+        self._sql = _statements(self._mark)
         self._dbapi: Any = engine.dialect.dbapi
         # UTCDateTime's conversion for this driver (SQLite: naive UTC text; PostgreSQL: aware).
         self._stamp: Callable[[datetime], Any] = (
             UTCDateTime().bind_processor(engine.dialect) or (lambda value: value)
         )
+        adapt = sqlite3.adapters.get((datetime, sqlite3.PrepareProtocol))
+        if self._sqlite and adapt is not None:
+            # The driver's own adapter, applied once per distinct time of a run rather than by
+            # the driver for every parameter (four per counter): the very same text is bound.
+            naive = self._stamp
+            self._stamp = lambda value: adapt(naive(value))
 
     @classmethod
     def from_settings(cls, settings: Settings, engine: sa.Engine | None = None) -> DatabaseStore:
@@ -282,7 +290,22 @@ class DatabaseStore:
         now = clock.now()
         stamp = self._stamp(now)
         sql = self._sql
-        reads_only = all(isinstance(op, Count | Get) for op in ops)
+        # A read of a key that no earlier op of this run writes does not depend on the run's
+        # writes: such reads are fetched together by one SELECT before the first write. The
+        # values are the same: on SQLite the run holds the write lock throughout, and on
+        # PostgreSQL each op is atomic on its own, not the run as a whole.
+        early: list[bool] = []
+        written: set[str] = set()
+        for op in ops:
+            if isinstance(op, Count | Get):
+                early.append(op.key not in written)
+            else:
+                early.append(False)
+                written.add(op.key)
+        reads_only = not written
+        prefetch = early.count(True) > 1
+        rows: dict[str, Any] = {}
+        expiries: dict[timedelta, Any] = {}  # one conversion per distinct ttl
         results: list[Result] = []
         # The driver's own connection (from the engine's pool) and plain SQL: these run on
         # every request, where SQLAlchemy's statement and transaction layers would cost more
@@ -298,29 +321,38 @@ class DatabaseStore:
                 # no transaction at all.
                 cursor.execute("BEGIN IMMEDIATE")
             execute = cursor.execute
-            for op in ops:
+            if prefetch:
+                keys = list(dict.fromkeys(op.key for op, e in zip(ops, early, strict=True) if e))
+                for start in range(0, len(keys), _PREFETCH_CHUNK):
+                    chunk = keys[start:start + _PREFETCH_CHUNK]
+                    execute(_prefetch_sql(self._mark, len(chunk)), (stamp, *chunk))
+                    rows.update((row[0], row[1:]) for row in cursor.fetchall())
+            for op, e in zip(ops, early, strict=True):
                 result: Result = None
-                if isinstance(op, Incr):
-                    if op.only_if is None or results[op.only_if]:
-                        execute(sql.incr, (
-                            op.key, op.amount, self._stamp(now + op.ttl), stamp, stamp, stamp,
-                        ))
+                if isinstance(op, Count | Get):
+                    if e and prefetch:
+                        row = rows.get(op.key)
+                    else:
+                        execute(sql.read, (op.key, stamp))
                         row = cursor.fetchone()
-                        result = int(row[0]) if row is not None else 0
-                elif isinstance(op, Count):
-                    execute(sql.read, (op.key, stamp))
-                    row = cursor.fetchone()
-                    result = int(row[0] or 0) if row is not None else 0
-                elif isinstance(op, AddOnce):
-                    execute(sql.add_once, (op.key, self._stamp(now + op.ttl), stamp))
-                    result = cursor.fetchone() is not None
-                elif isinstance(op, Get):
-                    execute(sql.read, (op.key, stamp))
-                    row = cursor.fetchone()
-                    result = bytes(row[1]) if row is not None and row[1] is not None else None
-                elif isinstance(op, Set):
-                    if op.only_if is None or results[op.only_if]:
-                        execute(sql.set, (op.key, op.value, self._stamp(now + op.ttl)))
+                    if isinstance(op, Count):
+                        result = int(row[0] or 0) if row is not None else 0
+                    else:
+                        result = bytes(row[1]) if row is not None and row[1] is not None else None
+                elif isinstance(op, Incr | AddOnce | Set):
+                    expires = expiries.get(op.ttl)
+                    if expires is None:
+                        expires = expiries[op.ttl] = self._stamp(now + op.ttl)
+                    if isinstance(op, Incr):
+                        if op.only_if is None or results[op.only_if]:
+                            execute(sql.incr, (op.key, op.amount, expires, stamp, stamp, stamp))
+                            row = cursor.fetchone()
+                            result = int(row[0]) if row is not None else 0
+                    elif isinstance(op, AddOnce):
+                        execute(sql.add_once, (op.key, expires, stamp))
+                        result = cursor.fetchone() is not None
+                    elif op.only_if is None or results[op.only_if]:
+                        execute(sql.set, (op.key, op.value, expires))
                 elif isinstance(op, Delete):
                     execute(sql.delete, (op.key,))
                 else:  # pragma: no cover - the Op union is closed
@@ -432,6 +464,17 @@ _SET_SQL = (
     "expires_at = excluded.expires_at"
 )
 _DELETE_SQL = 'DELETE FROM shared_state WHERE "key" = ?'
+#: Keys read by one prefetch SELECT at most (SQLite before 3.32 allows 999 parameters).
+_PREFETCH_CHUNK = 500
+
+
+def _prefetch_sql(mark: str, keys: int) -> str:
+    """The live rows of `keys` keys (parameters: the time, then the keys). Only placeholders
+    are put into the text."""
+    return (
+        f'SELECT "key", counter, value FROM shared_state WHERE expires_at > {mark} '  # noqa: S608
+        f'AND "key" IN ({", ".join([mark] * keys)})'
+    )
 
 
 def _statements(mark: str) -> _Sql:

@@ -334,3 +334,19 @@ def test_unreachable_stores_fail_closed_on_run(settings: Settings) -> None:
             s.run([Incr("k", timedelta(minutes=1)), Count("k")])
         assert "hunter2" not in str(info.value)
     db_store.close()
+
+
+def test_run_reads_see_earlier_writes_of_the_same_run(
+    store: DatabaseStore | RedisStore, frozen_clock: None
+) -> None:
+    """Reads that no earlier op writes may be fetched together up front (the database store
+    does); a read after a write of its key sees that write, and expired keys read as absent."""
+    ttl = timedelta(minutes=1)
+    store.incr("old", timedelta(seconds=1))
+    expire(store, "old", timedelta(seconds=2))
+    store.set("v", b"before", ttl)
+    results = store.run([
+        Count("c"), Get("v"), Count("old"), Incr("c", ttl, 3), Count("c"), Set("v", b"after", ttl),
+        Get("v"), Count("c"), Get("v"),
+    ])
+    assert results == [0, b"before", 0, 3, 3, None, b"after", 3, b"after"]
