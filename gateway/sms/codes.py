@@ -31,6 +31,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from gateway import clock
 from gateway.db import Base, Prepared, PreparedResult, UTCDateTime, transaction_connection
 from gateway.settings import Settings
+from gateway.sms.keyed import keyed_hmac
 
 #: Six decimal digits, about 20 bits: the minimum entropy of an out-of-band secret
 #: (NIST SP 800-63B 5.1.3.2) and what issue 3 asks for.
@@ -171,7 +172,7 @@ def code_hmac(settings: Settings, *, purpose: str, flow_id: str, code: str) -> s
     # The purpose can never contain "|" (checked) and the code is a fixed six digits at the
     # end, so the joined message is unambiguous.
     message = f"{purpose}|{flow_id}|{code}".encode()
-    return hmac.new(settings.derive_key("otp"), message, hashlib.sha256).hexdigest()
+    return keyed_hmac(settings.derive_key("otp")).hexdigest(message)
 
 
 def normalise_code(raw: object) -> str | None:

@@ -30,7 +30,6 @@ its transaction are left alone; the message returned is detached from any sessio
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import re
@@ -52,6 +51,7 @@ from gateway import metrics as prometheus
 from gateway.db import Prepared, UTCDateTime, as_loaded, transaction_connection
 from gateway.i18n import lazy_gettext
 from gateway.settings import Settings
+from gateway.sms.keyed import keyed_hmac
 from gateway.sms.messages import segments
 from gateway.sms.models import ALLOWED, SmsMessage, Status, key_hash, phone_hmac
 from gateway.sms.providers.base import (
@@ -140,14 +140,14 @@ class Dispatcher:
     def __init__(self, providers: Sequence[Provider], *, settings: Settings) -> None:
         self.providers: tuple[Provider, ...] = tuple(providers)
         self.settings = settings
-        self._text_key = settings.derive_key(TEXT_KEY_PURPOSE)
+        self._text_key = keyed_hmac(settings.derive_key(TEXT_KEY_PURPOSE))
 
     def provider(self, name: str) -> Provider | None:
         return next((p for p in self.providers if p.name == name), None)
 
     def _text_hmac(self, idempotency_key: str, text: str) -> str:
         data = idempotency_key.encode() + b"\x00" + text.encode()
-        return hmac.new(self._text_key, data, hashlib.sha256).hexdigest()
+        return self._text_key.hexdigest(data)
 
     def send(
         self,

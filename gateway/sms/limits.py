@@ -37,8 +37,6 @@ aggregate, and operators need it. When the store cannot be reached nothing is se
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
 import logging
 import math
@@ -54,6 +52,7 @@ from gateway import clock
 from gateway import metrics as prometheus
 from gateway.i18n import gettext, ngettext
 from gateway.settings import Settings
+from gateway.sms.keyed import keyed_hmac
 from gateway.sms.policy import HourDay, SmsPolicy
 from gateway.store import (
     AddOnce,
@@ -219,6 +218,11 @@ class _Window:
         return timedelta(seconds=self.remaining(now)) + self.length + _GRACE
 
 
+_HOUR_WINDOW = _Window("hour", HOUR)
+_DAY_WINDOW = _Window("day", DAY)
+_HOUR_DAY = (_HOUR_WINDOW, _DAY_WINDOW)
+
+
 class _Refused:
     """A limit's refusal; `window` is set for a country budget (its breaker trips)."""
 
@@ -251,7 +255,7 @@ class AbuseLimiter:
         self.store = store
         self.policy = policy
         self.metrics: LimitMetrics = metrics or PrometheusLimitMetrics()
-        self._key = settings.derive_key("limits")
+        self._key = keyed_hmac(settings.derive_key("limits"))
 
     # -- public --
 
@@ -274,7 +278,7 @@ class AbuseLimiter:
             region.upper() if len(region) == 2 and region.isascii() and region.isalpha() else "ZZ"
         )
         now = clock.now()
-        plan = _Plan()
+        plan = _Plan(now)
         checks = self._plan(plan, e164, country, account_id, ip, segments, flow_key, now)
         try:
             results = self.store.run(plan.ops)
@@ -321,10 +325,8 @@ class AbuseLimiter:
         return checks
 
     def _breakers(self, plan: _Plan, country: str, now: datetime) -> _Check:
-        windows = (_Window("hour", HOUR), _Window("day", DAY))
-        reads = [
-            plan.add(Count(f"sms:cb:{w.name}:{country}:{w.position(now)[0]}")) for w in windows
-        ]
+        windows = _HOUR_DAY
+        reads = [plan.add(Count(f"sms:cb:{w.name}:{country}:{plan.at(w)[0]}")) for w in windows]
 
         def check(results: list[Result]) -> _Refused | None:
             for window, i in zip(windows, reads, strict=True):
@@ -366,20 +368,20 @@ class AbuseLimiter:
     ) -> list[_Check]:
         base = f"sms:{kind}:{self._hash(value)}"
         return [
-            self._sliding(plan, reason, base, _Window("hour", HOUR), limits.hour, 1, now),
-            self._sliding(plan, reason, base, _Window("day", DAY), limits.day, 1, now),
+            self._sliding(plan, reason, base, _HOUR_WINDOW, limits.hour, 1, now),
+            self._sliding(plan, reason, base, _DAY_WINDOW, limits.day, 1, now),
         ]
 
     def _prefix_velocity(self, plan: _Plan, e164: str, now: datetime) -> _Check:
         rule = self.policy.per_prefix
         prefix = e164[: -rule.digits_dropped]
         window = _Window("prefix", timedelta(minutes=rule.window_minutes))
-        index, _ = window.position(now)
+        index, _, ttl = plan.at(window)
         base = f"sms:pv:{self._hash(prefix)}"
         member = f"{base}:m:{self._hash(e164)}:{index}"
         # A number already counted in this window's distinct numbers is not counted again
         # (its counter increment is skipped, and so is the check).
-        new_number = plan.add(AddOnce(member, window.bucket_ttl(now)))
+        new_number = plan.add(AddOnce(member, ttl))
         return self._sliding(
             plan, LimitReason.NUMBER_RANGE_VELOCITY, base, window, rule.max_distinct_numbers, 1,
             now, only_if=new_number,
@@ -390,10 +392,7 @@ class AbuseLimiter:
     ) -> list[_Check]:
         budget = self.policy.country_budgets.for_region(country)
         checks = []
-        for window, limit in (
-            (_Window("hour", HOUR), budget.hour),
-            (_Window("day", DAY), budget.day),
-        ):
+        for window, limit in ((_HOUR_WINDOW, budget.hour), (_DAY_WINDOW, budget.day)):
             checks.append(self._sliding(
                 plan, LimitReason.COUNTRY_BUDGET, f"sms:c:{country}", window, limit, segments,
                 now, breaker=True,
@@ -429,9 +428,8 @@ class AbuseLimiter:
         only_if: int | None = None,
         breaker: bool = False,
     ) -> _Check:
-        index, fraction = window.position(now)
-        current = plan.add(Incr(f"{base}:{window.name}:{index}", window.bucket_ttl(now), amount,
-                                only_if=only_if))
+        index, fraction, ttl = plan.at(window)
+        current = plan.add(Incr(f"{base}:{window.name}:{index}", ttl, amount, only_if=only_if))
         previous = plan.add(Count(f"{base}:{window.name}:{index - 1}"))
 
         def check(results: list[Result]) -> _Refused | None:
@@ -467,18 +465,30 @@ class AbuseLimiter:
             log.warning("sms limits: could not undo a count (store unavailable)")
 
     def _hash(self, value: str) -> str:
-        return hmac.new(self._key, value.encode(), hashlib.sha256).hexdigest()[:_KEY_HEX]
+        return self._key.hexdigest(value.encode())[:_KEY_HEX]
 
 
 class _Plan:
-    """The store operations of one check, run as one step (`SharedStore.run`)."""
+    """The store operations of one check, run as one step (`SharedStore.run`), and where
+    `now` falls in each window (computed once per window: every limit shares them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: datetime) -> None:
         self.ops: list[Op] = []
+        self.now = now
+        self._at: dict[str, tuple[int, float, timedelta]] = {}
 
     def add(self, op: Op) -> int:
         self.ops.append(op)
         return len(self.ops) - 1
+
+    def at(self, window: _Window) -> tuple[int, float, timedelta]:
+        """(bucket index, fraction of the bucket past, bucket ttl) of `window` at `now`. By
+        name: a name is one window (the bucket keys carry it)."""
+        at = self._at.get(window.name)
+        if at is None:
+            index, fraction = window.position(self.now)
+            at = self._at[window.name] = (index, fraction, window.bucket_ttl(self.now))
+        return at
 
 
 #: Reads the results of a plan; returns the refusal of its limit, if any.

@@ -154,6 +154,7 @@ GSM7_BASIC = frozenset(
 )
 #: Default extension table (TS 23.038, 6.2.1.1): each is sent as escape + character, 2 septets.
 GSM7_EXTENSION = frozenset("\f^{}\\[~]|€")
+_GSM7 = GSM7_BASIC | GSM7_EXTENSION
 
 Encoding = Literal["GSM-7", "UCS-2"]
 
@@ -182,9 +183,18 @@ def _parts(costs: list[int], single: int, part: int) -> int:
 
 def segments(text: str) -> Segments:
     """GSM-7 when every character is in the default alphabet or its extension, else UCS-2."""
-    if all(ch in GSM7_BASIC or ch in GSM7_EXTENSION for ch in text):
+    # Units are counted by string methods (every send counts its text twice); the character
+    # by character walk is only needed when the text does not fit in one SMS.
+    if _GSM7.issuperset(text):
+        units = len(text) + sum(map(text.count, GSM7_EXTENSION))
+        if units <= 160:
+            return Segments("GSM-7", units, 1)
         costs = [2 if ch in GSM7_EXTENSION else 1 for ch in text]
-        return Segments("GSM-7", sum(costs), _parts(costs, 160, 153))
-    # Outside the Basic Multilingual Plane (emoji) a character is a surrogate pair: 2 units.
+        return Segments("GSM-7", units, _parts(costs, 160, 153))
+    # Outside the Basic Multilingual Plane (emoji) a character is a surrogate pair: 2 units
+    # (a lone surrogate is 1, as its code point is).
+    units = len(text.encode("utf-16-le", "surrogatepass")) // 2
+    if units <= 70:
+        return Segments("UCS-2", units, 1)
     costs = [2 if ord(ch) > 0xFFFF else 1 for ch in text]
-    return Segments("UCS-2", sum(costs), _parts(costs, 70, 67))
+    return Segments("UCS-2", units, _parts(costs, 70, 67))

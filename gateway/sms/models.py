@@ -21,7 +21,6 @@ Status transitions (`ALLOWED`; a report never moves a message backwards):
 from __future__ import annotations
 
 import hashlib
-import hmac
 from datetime import datetime
 from enum import StrEnum
 
@@ -30,6 +29,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.db import Base, UTCDateTime
 from gateway.settings import Settings
+from gateway.sms.keyed import keyed_hmac
 
 PHONE_KEY_PURPOSE = "sms-phone"
 
@@ -58,7 +58,7 @@ def can_move(old: Status | str, new: Status | str) -> bool:
 
 def phone_hmac(settings: Settings, e164: str) -> str:
     key = settings.derive_key(PHONE_KEY_PURPOSE)
-    return hmac.new(key, e164.encode(), hashlib.sha256).hexdigest()
+    return keyed_hmac(key).hexdigest(e164.encode())
 
 
 def key_hash(idempotency_key: str) -> str:
