@@ -21,7 +21,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import re
 import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
@@ -316,14 +315,6 @@ def _decide(number: phonenumbers.PhoneNumber, policy: SmsPolicy) -> Phone:
     )
 
 
-#: Numbers already in E.164 (an account's stored number, read again for every code sent) that
-#: were accepted, with the policy that accepted them; emptied when full. Only this canonical
-#: form is kept: what a person typed is never held beyond its request.
-_ACCEPTED: dict[str, tuple[SmsPolicy, Phone]] = {}
-_ACCEPTED_MAX = 1024
-_E164_FORM = re.compile(r"\+[1-9][0-9]{1,14}")
-
-
 def parse_phone(raw: str, policy: SmsPolicy, *, default_region: str | None = None) -> Phone:
     """Read what a person typed; a `Phone` that may receive codes, or `PhoneRejected`.
 
@@ -333,15 +324,8 @@ def parse_phone(raw: str, policy: SmsPolicy, *, default_region: str | None = Non
     """
     if not isinstance(raw, str):
         raise PhoneRejected(RejectReason.INVALID)
-    # The result is a function of the number and the (immutable) policy alone; a number with
-    # its `+` ignores `default_region`.
-    canonical = _E164_FORM.fullmatch(raw) is not None
-    if canonical:
-        seen = _ACCEPTED.get(raw)
-        if seen is not None and seen[0] is policy:
-            return seen[1]
     try:
-        phone = _decide(_read(raw, default_region), policy)
+        return _decide(_read(raw, default_region), policy)
     except PhoneRejected:
         raise
     except Exception as exc:
@@ -349,8 +333,3 @@ def parse_phone(raw: str, policy: SmsPolicy, *, default_region: str | None = Non
         # of failure but never the input (personal data).
         logger.warning("phone parser failed on an input (%s); refused", type(exc).__name__)
         raise PhoneRejected(RejectReason.INVALID) from None
-    if canonical:
-        if len(_ACCEPTED) >= _ACCEPTED_MAX:
-            _ACCEPTED.clear()
-        _ACCEPTED[raw] = (policy, phone)
-    return phone
