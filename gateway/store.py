@@ -19,6 +19,7 @@ instead of a round trip and a commit per counter.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -213,6 +214,7 @@ class DatabaseStore:
         self._lock = threading.Lock()
         self._insert: Any = sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
         self._sqlite = engine.dialect.name == "sqlite"
+        self._own = _ThreadConnection(engine) if self._sqlite else None
         self._mark = "?" if self._sqlite else "%s"
         self._sql = _statements(self._mark)
         self._dbapi: Any = engine.dialect.dbapi
@@ -307,11 +309,11 @@ class DatabaseStore:
         rows: dict[str, Any] = {}
         expiries: dict[timedelta, Any] = {}  # one conversion per distinct ttl
         results: list[Result] = []
-        # The driver's own connection (from the engine's pool) and plain SQL: these run on
-        # every request, where SQLAlchemy's statement and transaction layers would cost more
-        # CPU than the database spends.
+        # The driver's own connection and plain SQL: these run on every request, where
+        # SQLAlchemy's statement and transaction layers would cost more CPU than the
+        # database spends. On SQLite the thread's own connection (no pool round trip).
         try:
-            raw = self.engine.raw_connection()
+            raw: Any = self._own.get() if self._own is not None else self.engine.raw_connection()
         except (SQLAlchemyError, self._dbapi.Error) as exc:
             raise StoreUnavailable("database store unreachable") from exc
         try:
@@ -370,7 +372,8 @@ class DatabaseStore:
                 raise StoreUnavailable("database store unreachable") from exc
             raise
         finally:
-            raw.close()  # back to the pool
+            if self._own is None:
+                raw.close()  # back to the pool
         if not reads_only:
             self._after_write()
         return results
@@ -423,7 +426,70 @@ class DatabaseStore:
             return delete_due(conn, _T.c.key, due, limit)
 
     def close(self) -> None:
+        if self._own is not None:
+            self._own.close()
         self.engine.dispose()
+
+
+class _ThreadConnection:
+    """SQLite: one connection per thread, taken from the engine once and then kept (a pool
+    checkout and return cost more instructions than a store step's own SQL; issue 5,
+    "Performance"). `invalidate()` drops a connection after an error; the next step opens
+    another. A connection is never used in another process: after a fork the child opens
+    its own and leaves the inherited one alone (closing it there could disturb the parent's
+    SQLite locks)."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._local = threading.local()
+
+    def get(self) -> _OwnConnection:
+        own: _OwnConnection | None = getattr(self._local, "connection", None)
+        if own is not None and own.pid == os.getpid() and not own.dropped:
+            return own
+        if own is not None and own.pid != os.getpid():
+            _INHERITED.append(own)  # kept open, never used: see the class docstring
+        fairy = self._engine.raw_connection()  # as the pool makes it: the connect listeners ran
+        fairy.detach()  # ours now: the pool neither resets nor lends it
+        own = _OwnConnection(fairy)
+        self._local.connection = own
+        return own
+
+    def close(self) -> None:
+        """Close the calling thread's connection (others close when their thread ends)."""
+        own: _OwnConnection | None = getattr(self._local, "connection", None)
+        if own is not None and own.pid == os.getpid():
+            own.invalidate()
+        self._local.connection = None
+
+
+class _OwnConnection:
+    """A thread's kept connection, with the pooled connection's methods `run` uses."""
+
+    __slots__ = ("_fairy", "dropped", "pid")
+
+    def __init__(self, fairy: Any) -> None:
+        self._fairy = fairy
+        self.pid = os.getpid()
+        self.dropped = False
+
+    def cursor(self) -> Any:
+        return self._fairy.cursor()
+
+    def commit(self) -> None:
+        self._fairy.commit()
+
+    def rollback(self) -> None:
+        self._fairy.rollback()
+
+    def invalidate(self) -> None:
+        self.dropped = True
+        with contextlib.suppress(Exception):
+            self._fairy.close()  # detached: this closes the driver's connection
+
+
+#: Connections a forked child inherited from its parent's threads (see _ThreadConnection).
+_INHERITED: list[_OwnConnection] = []
 
 
 @dataclass(frozen=True)

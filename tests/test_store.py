@@ -10,6 +10,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -350,3 +351,49 @@ def test_run_reads_see_earlier_writes_of_the_same_run(
         Get("v"), Count("c"), Get("v"),
     ])
     assert results == [0, b"before", 0, 3, 3, None, b"after", 3, b"after"]
+
+
+def test_sqlite_store_keeps_one_connection_per_thread_and_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite each thread keeps its own connection (no pool round trip per step); an
+    error that loses it opens another; a forked child never uses (or closes) what it
+    inherited."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'shared.db'}")
+    store_module.Base.metadata.create_all(engine, tables=[store_module._T])
+    s = DatabaseStore(engine)
+    assert s._own is not None
+    ttl = timedelta(minutes=1)
+    assert s.incr("k", ttl) == 1
+    mine = s._own.get()
+    assert s._own.get() is mine
+    seen: list[object] = []
+
+    def other_thread() -> None:
+        seen.append(s._own.get() if s._own is not None else None)
+        s.incr("k", ttl)
+        assert s._own is not None
+        s._own.close()
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    worker.join()
+    assert seen and seen[0] is not mine
+    assert s.count("k") == 2
+
+    mine.invalidate()  # as run() does after an OperationalError
+    assert s.incr("k", ttl) == 3
+    fresh = s._own.get()
+    assert fresh is not mine
+
+    inherited = len(store_module._INHERITED)
+    monkeypatch.setattr(store_module.os, "getpid", lambda: -1)  # "in a forked child"
+    assert s.incr("k", ttl) == 4
+    child = s._own.get()
+    assert child is not fresh
+    assert store_module._INHERITED[inherited:] == [fresh] and not fresh.dropped
+    monkeypatch.undo()
+    store_module._INHERITED.remove(fresh)
+    for connection in (fresh, child):
+        connection.invalidate()
+    s.close()
