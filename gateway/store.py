@@ -373,7 +373,9 @@ class DatabaseStore:
             raise
         finally:
             if self._own is None:
-                raw.close()  # back to the pool
+                raw.close()  # back to the pool (which rolls back whatever is left open)
+            else:
+                raw.settle()  # the same for a kept connection
         if not reads_only:
             self._after_write()
         return results
@@ -481,6 +483,17 @@ class _OwnConnection:
 
     def rollback(self) -> None:
         self._fairy.rollback()
+
+    def settle(self) -> None:
+        """After a step, as the pool's reset on return: a transaction left open (the step
+        was interrupted by something other than a database error) is rolled back, so the
+        thread never keeps SQLite's write lock; a connection that cannot is dropped."""
+        if self.dropped or not self._fairy.dbapi_connection.in_transaction:
+            return
+        try:
+            self._fairy.rollback()
+        except Exception:
+            self.invalidate()
 
     def invalidate(self) -> None:
         self.dropped = True

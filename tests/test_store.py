@@ -7,6 +7,7 @@ Database expiry is driven by the frozen clock; Redis expiry is checked through P
 from __future__ import annotations
 
 import socket
+import sqlite3
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -385,6 +386,28 @@ def test_sqlite_store_keeps_one_connection_per_thread_and_process(
     assert s.incr("k", ttl) == 3
     fresh = s._own.get()
     assert fresh is not mine
+
+    # A step interrupted by something other than a database error (after BEGIN IMMEDIATE)
+    # must not leave the thread's connection holding SQLite's write lock.
+    calls = {"n": 0}
+    stamp = s._stamp
+
+    def failing_stamp(value: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first Incr's expiry, inside the transaction
+            raise KeyboardInterrupt
+        return stamp(value)
+
+    monkeypatch.setattr(s, "_stamp", failing_stamp)
+    with pytest.raises(KeyboardInterrupt):
+        s.incr("k", ttl)
+    monkeypatch.undo()
+    assert not fresh._fairy.dbapi_connection.in_transaction
+    other = sqlite3.connect(tmp_path / "shared.db", timeout=0, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # would raise "database is locked"
+    other.execute("ROLLBACK")
+    other.close()
+    assert s.count("k") == 3
 
     inherited = len(store_module._INHERITED)
     monkeypatch.setattr(store_module.os, "getpid", lambda: -1)  # "in a forked child"
