@@ -313,6 +313,21 @@ def find_account(session: Session, username: str) -> Account | None:
     return None if row is None else _loaded(session, row)
 
 
+def _before_hash(session: Session) -> None:
+    """End the caller's reading transaction before an argon2 verify (tens of milliseconds).
+
+    On SQLite every transaction holds the write lock from its BEGIN IMMEDIATE, so a hash
+    inside one would serialise all logins of the deployment; on PostgreSQL it would hold a
+    connection in a transaction for the hash's duration. What follows the hash writes only
+    with single statements that check the row as it is then (`_count_failure`, `_LOGGED_IN`),
+    so nothing depends on the read staying in the same transaction. The caller must not have
+    written anything yet: an ORM change pending here is a programming error.
+    """
+    if session.new or session.dirty or session.deleted:
+        raise RuntimeError("a password check must not follow uncommitted writes")
+    session.commit()
+
+
 def _audit(
     session: Session,
     settings: Settings,
@@ -993,6 +1008,7 @@ def check_password(
     throttle = _Throttle.take(app, settings, policies, Action.LOGIN, ip)
     passwords = passwords_for(policies.accounts.password)
     account = find_account(session, username)
+    _before_hash(session)
     if account is None:
         passwords.verify_dummy(password)
         _count_failure(session, settings, policies, None, clock.now())
@@ -1065,6 +1081,7 @@ def start_unblock(
     throttle = _Throttle.take(app, settings, policies, Action.UNBLOCK, ip)
     passwords = passwords_for(policies.accounts.password)
     account = find_account(session, username)
+    _before_hash(session)
     if account is None:
         passwords.verify_dummy(password)
         _count_failure(session, settings, policies, None, clock.now())

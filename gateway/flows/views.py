@@ -438,6 +438,11 @@ def password(flow_id: str) -> Any:
     except flows.FlowExpired:
         s.commit()
         return _to_flow(current)
+    except flows.IllegalTransition:
+        # Another request for this flow (a second click on "log in") moved it on while this
+        # one checked the password: that one carries the login; this one writes nothing.
+        s.rollback()
+        return _to_flow(current)
     _after_login()
     if send is not None:
         problem = _send_code(current, account, previous=previous, marked=True)
