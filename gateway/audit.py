@@ -422,7 +422,8 @@ def verify_command() -> None:
     from gateway.db import Database
 
     settings = load_settings()
-    database = Database(settings.database_url)
+    # Not a serving connection: one walk of a long chain may outlast a request's limits.
+    database = Database(settings.database_url, serving=False)
     try:
         with database.begin() as session:
             outcome = verify(session, settings)

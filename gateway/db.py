@@ -97,7 +97,22 @@ def import_models() -> sa.MetaData:
     return Base.metadata
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+#: PostgreSQL limits for the connections that serve requests (`Database`, the shared-state
+#: store), so a runaway statement or a lock held by a stuck worker ends in a 503 within
+#: seconds instead of tying up workers (ASVS 11.1.4's resource limits). A request's
+#: statements take milliseconds; batch commands (purge, expiry) work in short batches.
+#: Migrations do not get them (an index on a large table may take longer). An operator sets
+#: other values with libpq's `options` parameter in the URL, which then replaces these.
+SERVING_LIMITS = {
+    "statement_timeout": "30s",
+    "lock_timeout": "10s",
+    "idle_in_transaction_session_timeout": "60s",
+}
+
+
+def make_engine(url: str, *, serving: bool = False, **kwargs: Any) -> Engine:
+    """An engine for `url`. `serving`: one that serves requests (on PostgreSQL it sets
+    `SERVING_LIMITS` unless the URL gives its own `options`)."""
     url = normalise_database_url(url)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -139,6 +154,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
                 cursor.close()
 
         return engine
+    if serving and "options" not in sa.engine.make_url(url).query:
+        options = " ".join(f"-c {name}={value}" for name, value in SERVING_LIMITS.items())
+        kwargs["connect_args"] = {"options": options, **kwargs.get("connect_args", {})}
     # hide_parameters: database errors must never carry personal values into logs.
     engine = sa.create_engine(url, hide_parameters=True, **kwargs)
 
@@ -166,9 +184,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 class Database:
     """The engine and a session factory for one app."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, serving: bool = True) -> None:
         self.url = normalise_database_url(url)
-        self.engine = make_engine(self.url)
+        self.engine = make_engine(self.url, serving=serving)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
 
     @property

@@ -252,7 +252,7 @@ class DatabaseStore:
             # Ephemeral state in a file of its own: created here, not by migrations.
             Base.metadata.create_all(engine, tables=[_T])
             return cls(engine)
-        return cls(engine if engine is not None else make_engine(url))
+        return cls(engine if engine is not None else make_engine(url, serving=True))
 
     # -- helpers --
 

@@ -13,6 +13,8 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, render_template, request
 from markupsafe import escape
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -127,6 +129,22 @@ def _store_unavailable(error: StoreUnavailable) -> Response:
     return error_response(503)
 
 
+#: Seconds a client is asked to wait after the database failed it (RFC 9110 Retry-After).
+DATABASE_RETRY_AFTER = 30
+
+
+def _database_unavailable(error: DBAPIError | sa_exc.TimeoutError) -> Response:
+    """The database could not serve the request: unreachable, a lock or statement past its
+    time limit, SQLite busy past its timeout, or no pooled connection free. Fail closed with a
+    503 (the request's transaction is rolled back at teardown) and log the driver's error
+    class only: its text may quote SQL."""
+    orig = getattr(error, "orig", None)
+    log.error("database unavailable", extra={"cause": type(orig or error).__name__})
+    response = error_response(503)
+    response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER)
+    return response
+
+
 def _no_flask_exception_log(_exc_info: Any) -> None:
     """Flask's own exception log line quotes the raw path; `_internal_error` logs instead."""
 
@@ -136,6 +154,8 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(InternalServerError, _internal_error)
     app.register_error_handler(StoreUnavailable, _store_unavailable)
+    for unavailable in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError):
+        app.register_error_handler(unavailable, _database_unavailable)
 
 
 def init_companion_app(app: Flask, template: str, label: str) -> None:
