@@ -75,6 +75,12 @@ def demo_policies(instance_dir: Path) -> Path:
     routes_file = folder / "routes.yaml"
     data = yaml.safe_load(routes_file.read_text(encoding="utf-8"))
     data["routes"]["eidas"]["enabled"] = True
+    # The simulator's key (made now if new) signs its metadata: the demo's trust anchor.
+    from gateway.eidas_sim.node import ensure_keys
+
+    data["routes"]["eidas"]["node_metadata_signing_certificates"] = [
+        str(ensure_keys(instance_dir / "eidas-sim").cert_path.resolve())
+    ]
     routes_file.write_text(
         "# Written by `gateway demo`: the shipped routes.yaml with the eIDAS route enabled.\n"
         + yaml.safe_dump(data, sort_keys=False), encoding="utf-8",

@@ -77,6 +77,10 @@ def make_env(
     target = settings.instance_dir / "eidas-sp"
     if not target.exists():
         shutil.copytree(sp_keys_template, target)
+    from gateway.eidas_sim.node import CERT_FILE
+
+    # The node's metadata is checked against the simulator's certificate, as outside dev.
+    eidas.setdefault("node_metadata_signing_certificates", [str(node_key_dir / CERT_FILE)])
     app = make_app(policies_dir=write_policies(tmp_path, **eidas))
     add_rp(app)
     client = app.test_client()

@@ -427,3 +427,131 @@ def test_a_linked_eid_logs_in_to_its_desk_account(
     result = _result(env, post_answer(env, started, saml_response))
     assert result["account_id"] == account_id
     assert asked == [result["subject_key"]]
+
+
+# --- the node's metadata is signed by a trust anchor ------------------------------------------
+
+
+def _parse_trusted(data: bytes, tmp_path: Path, trust: Path) -> Any:
+    from gateway import clock
+    from gateway.idp.saml.crypto import CryptoBackendXmlSecInProcess
+    from gateway.routes.eidas.node import parse_metadata
+
+    return parse_metadata(data, tmp_path / "certs", clock.now(), trust=(str(trust),),
+                          backend=CryptoBackendXmlSecInProcess())
+
+
+def _signed_metadata(node_key_dir: Path) -> bytes:
+    from gateway.eidas_sim.node import SimulatedNode
+
+    data: bytes = SimulatedNode("http://127.0.0.1:8002", node_key_dir).metadata()
+    return data
+
+
+def test_metadata_signed_by_the_trust_anchor_is_used(tmp_path: Path, node_key_dir: Path) -> None:
+    from gateway.eidas_sim.node import CERT_FILE
+
+    info = _parse_trusted(_signed_metadata(node_key_dir), tmp_path, node_key_dir / CERT_FILE)
+    assert info.sso_url == "http://127.0.0.1:8002/sso"
+
+
+def _tampered_sso(data: bytes) -> bytes:
+    return data.replace(b'Location="http://127.0.0.1:8002/sso"',
+                        b'Location="http://127.0.0.1:6666/sso"')
+
+
+def _unsigned(data: bytes) -> bytes:
+    root = etree.fromstring(data)
+    signature = root.find("{http://www.w3.org/2000/09/xmldsig#}Signature")
+    assert signature is not None
+    root.remove(signature)
+    return etree.tostring(root)
+
+
+def _wrapped(data: bytes) -> bytes:
+    """The genuine signed descriptor hidden in the Extensions of a forged one whose
+    SingleSignOnService points elsewhere (XML signature wrapping)."""
+    genuine = etree.fromstring(data)
+    forged = etree.fromstring(_unsigned(_tampered_sso(data)))
+    forged.set("ID", "_forged")
+    extensions = forged.find(f"{{{MD}}}Extensions")
+    assert extensions is not None
+    extensions.append(genuine)
+    return etree.tostring(forged)
+
+
+@pytest.mark.parametrize("spoil", [_tampered_sso, _unsigned, _wrapped])
+def test_metadata_not_signed_as_it_is_by_the_trust_anchor_is_refused(
+    tmp_path: Path, node_key_dir: Path, spoil: Any,
+) -> None:
+    from gateway.eidas_sim.node import CERT_FILE
+    from gateway.routes.eidas.node import NodeUnavailable
+
+    data = spoil(_signed_metadata(node_key_dir))
+    with pytest.raises(NodeUnavailable, match="sign"):
+        _parse_trusted(data, tmp_path, node_key_dir / CERT_FILE)
+
+
+def test_metadata_signed_by_another_key_is_refused(tmp_path: Path, node_key_dir: Path) -> None:
+    from gateway.eidas_sim.node import CERT_FILE, ensure_keys
+    from gateway.routes.eidas.node import NodeUnavailable
+
+    other = ensure_keys(tmp_path / "other-node").cert_path
+    with pytest.raises(NodeUnavailable, match="trusted certificate"):
+        _parse_trusted(_signed_metadata(node_key_dir), tmp_path, other)
+    # Two anchors during a rollover: either one will do.
+    from gateway import clock
+    from gateway.idp.saml.crypto import CryptoBackendXmlSecInProcess
+    from gateway.routes.eidas.node import parse_metadata
+
+    parse_metadata(_signed_metadata(node_key_dir), tmp_path / "certs", clock.now(),
+                   trust=(str(other), str(node_key_dir / CERT_FILE)),
+                   backend=CryptoBackendXmlSecInProcess())
+
+
+def test_a_login_meets_a_node_with_an_untrusted_metadata_signer(
+    make_app: Any, settings: Settings, tmp_path: Path, sp_keys_template: Path,
+    node_key_dir: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from gateway.eidas_sim.node import ensure_keys
+    from tests.eidas_helpers import csrf
+
+    other = ensure_keys(tmp_path / "other-node").cert_path
+    env = make_env(make_app, settings, tmp_path, sp_keys_template, node_key_dir,
+                   node_metadata_signing_certificates=[str(other)])
+    page = env.client.get("/rp/start?level=substantieel&lang=en", follow_redirects=True)
+    flow_id = page.request.path.rsplit("/", 1)[-1]
+    with caplog.at_level(logging.WARNING):
+        page = env.client.post(f"/login/{flow_id}/route?lang=en", data={
+            "csrf_token": csrf(page.get_data(as_text=True)), "route": "eidas",
+            "country": "DE"})
+    assert page.status_code == 400
+    assert "Logging in with a European eID is not available at the moment" in page.get_data(
+        as_text=True)
+    assert any("trusted certificate" in m for m in caplog.messages)
+    assert flow_state(env.app, flow_id)[0] == "choose_route"
+
+
+def test_outside_dev_the_trust_anchor_is_required_and_must_be_a_certificate(
+    settings: Settings, tmp_path: Path, node_key_dir: Path,
+) -> None:
+    from gateway.eidas_sim.node import CERT_FILE, KEY_FILE
+    from gateway.routes.eidas import EidasRoute
+
+    production = settings.with_overrides(env="production", policies_dir=node_key_dir)
+    block = {"node_metadata_url": "https://node.example/metadata", "countries": ["DE"]}
+    with pytest.raises(ValueError, match=r"^node_metadata_signing_certificates: required"):
+        EidasRoute().configure(production, block)
+    with pytest.raises(ValueError, match="is not a PEM certificate"):
+        EidasRoute().configure(production, {**block,
+                                            "node_metadata_signing_certificates": [KEY_FILE]})
+    with pytest.raises(ValueError, match="cannot read"):
+        EidasRoute().configure(production, {**block,
+                                            "node_metadata_signing_certificates": ["none.pem"]})
+    route = EidasRoute()
+    # A relative path is taken from the policies folder.
+    route.configure(production, {**block, "node_metadata_signing_certificates": CERT_FILE})
+    assert route.config is not None
+    assert route.config.node_metadata_signing_certificates == (
+        str((node_key_dir / CERT_FILE).resolve()),
+    )

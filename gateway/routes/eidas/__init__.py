@@ -16,6 +16,8 @@ The route reaches midden, substantieel and hoog: eIDAS LoA low, substantial and 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.i18n import lazy_gettext
@@ -45,10 +47,19 @@ class EidasRoute:
     def configure(self, settings: Settings, config: Mapping[str, Any]) -> None:
         parsed = parse_config(config)
         if not settings.dev and not parsed.node_metadata_url.startswith("https://"):
-            # The node's metadata carries the keys every answer is checked with; outside dev
-            # only TLS vouches for where it came from (docs/eidas.md, "Trust").
+            # The node's metadata carries the keys every answer is checked with: outside dev
+            # it comes over TLS and signed by a trust anchor (docs/eidas.md, "Trust").
             raise ValueError("node_metadata_url: must be an https URL outside dev")
-        self.config = parsed
+        if not settings.dev and not parsed.node_metadata_signing_certificates:
+            raise ValueError(
+                "node_metadata_signing_certificates: required outside dev (the certificates "
+                "the node's metadata is signed with)"
+            )
+        trust = tuple(
+            _load_certificate(Path(settings.policies_dir) / path)
+            for path in parsed.node_metadata_signing_certificates
+        )
+        self.config = replace(parsed, node_metadata_signing_certificates=trust)
 
     def init_app(self, app: Flask) -> None:
         from gateway.routes.eidas import service, views
@@ -62,6 +73,22 @@ class EidasRoute:
         from gateway.routes.eidas import service
 
         return service.start(self, flow, form)
+
+
+def _load_certificate(path: Path) -> str:
+    """The absolute path of a readable PEM certificate, else ValueError naming the field."""
+    from cryptography import x509
+
+    field = "node_metadata_signing_certificates"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{field}: cannot read {path.name} ({exc.strerror})") from None
+    try:
+        x509.load_pem_x509_certificate(data)
+    except ValueError:
+        raise ValueError(f"{field}: {path.name} is not a PEM certificate") from None
+    return str(path.resolve())
 
 
 ROUTE = EidasRoute()

@@ -4,6 +4,7 @@
       enabled: true
       node_metadata_url: http://127.0.0.1:8002/metadata
       countries: [AT, BE, DE, ES, FR, IT]
+      node_metadata_signing_certificates: [eidas-node-metadata.pem]
 
 Optional fields and their defaults are the `EidasConfig` attributes below. A bad value raises
 `ValueError("field: reason")`, which the route loader turns into a start-up error naming
@@ -23,7 +24,7 @@ _COUNTRY: Final = re.compile(r"\A[A-Z]{2}\Z")
 _KNOWN_FIELDS: Final = frozenset({
     "enabled", "node_metadata_url", "countries", "metadata_cache_seconds",
     "metadata_timeout_seconds", "require_encrypted_assertions", "require_signed_response",
-    "provider_name",
+    "provider_name", "node_metadata_signing_certificates",
 })
 
 
@@ -41,6 +42,11 @@ class EidasConfig:
     require_signed_response: bool = True
     #: AuthnRequest ProviderName (eIDAS: the SP's name as shown to the citizen).
     provider_name: str = "abroad-gateway"
+    #: PEM files of the certificates the node's metadata must be signed with (eIDAS
+    #: Interoperability Architecture 5: the trust anchor exchanged out of band; two during a
+    #: rollover). As written in routes.yaml: a relative path is taken from the policies
+    #: folder (`EidasRoute.configure` resolves and loads them). Required outside dev.
+    node_metadata_signing_certificates: tuple[str, ...] = ()
 
 
 def parse_config(raw: Mapping[str, Any]) -> EidasConfig:
@@ -79,7 +85,16 @@ def parse_config(raw: Mapping[str, Any]) -> EidasConfig:
     provider_name = raw.get("provider_name", "abroad-gateway")
     if not isinstance(provider_name, str) or not 0 < len(provider_name) <= 100:
         raise ValueError("provider_name: 1 to 100 characters")
+    trust = raw.get("node_metadata_signing_certificates", [])
+    if isinstance(trust, str):
+        trust = [trust]
+    if (
+        not isinstance(trust, list | tuple) or len(trust) > 4
+        or not all(isinstance(path, str) and 0 < len(path) <= 1024 for path in trust)
+    ):
+        raise ValueError("node_metadata_signing_certificates: a list of up to 4 file paths")
     return EidasConfig(
         node_metadata_url=url, countries=tuple(countries), metadata_cache_seconds=cache,
-        metadata_timeout_seconds=float(timeout), provider_name=provider_name, **flags,
+        metadata_timeout_seconds=float(timeout), provider_name=provider_name,
+        node_metadata_signing_certificates=tuple(trust), **flags,
     )

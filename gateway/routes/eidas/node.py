@@ -23,10 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, Protocol
 
 import requests
 from lxml import etree
+from saml2.sigver import SignatureError
 from saml2.time_util import str_to_time
 
 from gateway import clock
@@ -81,7 +82,15 @@ def http_fetch(url: str, timeout: float) -> bytes:
         raise NodeUnavailable(f"metadata fetch failed ({type(exc).__name__})") from None
 
 
-def parse_metadata(data: bytes, cert_dir: Path, now: datetime) -> NodeInfo:
+def parse_metadata(
+    data: bytes, cert_dir: Path, now: datetime, *, trust: tuple[str, ...] = (),
+    backend: SignatureVerifier | None = None,
+) -> NodeInfo:
+    """The node's metadata as `NodeInfo`, or NodeUnavailable saying why it cannot be used.
+
+    `trust` (PEM files) given, the EntityDescriptor must carry an enveloped signature by one
+    of them (`backend` verifies it), and it must be the document's only signature.
+    """
     if len(data) > MAX_METADATA_BYTES:
         raise NodeUnavailable("metadata too large")
     try:
@@ -93,6 +102,10 @@ def parse_metadata(data: bytes, cert_dir: Path, now: datetime) -> NodeInfo:
         raise NodeUnavailable("metadata carries a DTD")
     if root.tag != f"{{{MD_NS}}}EntityDescriptor":
         raise NodeUnavailable("metadata is not an EntityDescriptor")
+    if trust:
+        if backend is None:
+            raise ValueError("checking the metadata's signature needs a backend")
+        _check_signed(data, root, trust, backend)
     entity_id = root.get("entityID") or ""
     idp = root.find(f"{{{MD_NS}}}IDPSSODescriptor")
     if not entity_id or idp is None:
@@ -120,6 +133,38 @@ def parse_metadata(data: bytes, cert_dir: Path, now: datetime) -> NodeInfo:
     return NodeInfo(entity_id, sso_url, tuple(dict.fromkeys(certs)), now, valid_until)
 
 
+class SignatureVerifier(Protocol):
+    """What `parse_metadata` needs of the crypto backend
+    (`gateway.idp.saml.crypto.CryptoBackendXmlSecInProcess`)."""
+
+    def validate_signature(self, signedtext: Any, cert_file: str, cert_type: str,
+                           node_name: str, node_id: str | None) -> bool: ...
+
+
+def _check_signed(
+    data: bytes, root: etree._Element, trust: tuple[str, ...], backend: SignatureVerifier
+) -> None:
+    """The document element is signed by a trust anchor, and nothing else is signed: one
+    ds:Signature, a child of the EntityDescriptor, over the EntityDescriptor itself (by its ID,
+    or the whole document without one). A signature elsewhere could be one a wrapped copy
+    carries (SAML security considerations, XML signature wrapping)."""
+    signatures = list(root.iter(f"{{{DS_NS}}}Signature"))
+    if len(signatures) != 1 or signatures[0].getparent() is not root:
+        raise NodeUnavailable("metadata is not signed by its EntityDescriptor alone")
+    if next(root.iter(f"{{{DS_NS}}}Object"), None) is not None:
+        raise NodeUnavailable("metadata signature carries a ds:Object")
+    text = data.decode("utf-8", errors="strict")
+    for cert_file in trust:
+        try:
+            if backend.validate_signature(
+                text, cert_file, "pem", f"{MD_NS}:EntityDescriptor", root.get("ID"),
+            ):
+                return
+        except SignatureError:
+            continue
+    raise NodeUnavailable("metadata signature does not verify with a trusted certificate")
+
+
 def _cert_file(cert_dir: Path, b64: str) -> str:
     body = "\n".join(b64[i:i + 64] for i in range(0, len(b64), 64))
     pem = f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n".encode("ascii")
@@ -145,9 +190,12 @@ class NodeMetadataCache:
     """One node's metadata for one app; thread-safe; `fetch` is replaceable for tests."""
 
     def __init__(self, url: str, cert_dir: Path, *, max_age: timedelta, timeout: float,
-                 fetch: Fetcher = http_fetch) -> None:
+                 fetch: Fetcher = http_fetch, trust: tuple[str, ...] = (),
+                 backend: SignatureVerifier | None = None) -> None:
         self.url = url
         self.cert_dir = cert_dir
+        self.trust = trust
+        self.backend = backend
         self.max_age = max_age
         self.timeout = timeout
         self.fetch = fetch
@@ -172,7 +220,8 @@ class NodeMetadataCache:
                 assert current is not None
                 return current
             try:
-                info = parse_metadata(self.fetch(self.url, self.timeout), self.cert_dir, now)
+                info = parse_metadata(self.fetch(self.url, self.timeout), self.cert_dir, now,
+                                      trust=self.trust, backend=self.backend)
             except NodeUnavailable as exc:
                 log.warning("eIDAS node metadata unavailable: %s", exc)
                 if current is not None and self._fresh(current, now, self.max_age + STALE_GRACE):

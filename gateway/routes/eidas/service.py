@@ -104,6 +104,10 @@ def init_app(app: Flask, config: EidasConfig) -> EidasState:
 
     settings: Settings = get_settings(app)
     keys = load_or_create(settings.instance_dir, saml.entity_id(settings.issuer))
+    backend = CryptoBackendXmlSecInProcess()
+    if not config.node_metadata_signing_certificates:
+        # Allowed in dev only (EidasRoute.configure): TLS alone vouches for the node's keys.
+        log.warning("eIDAS node metadata is used without checking its signature (dev)")
     state = EidasState(
         config=config,
         issuer=settings.issuer,
@@ -112,8 +116,9 @@ def init_app(app: Flask, config: EidasConfig) -> EidasState:
             config.node_metadata_url, keys.signing.key_path.parent / "node-certs",
             max_age=timedelta(seconds=config.metadata_cache_seconds),
             timeout=config.metadata_timeout_seconds,
+            trust=config.node_metadata_signing_certificates, backend=backend,
         ),
-        backend=CryptoBackendXmlSecInProcess(),
+        backend=backend,
     )
     app.extensions[EXTENSION] = state
     app.jinja_env.globals["eidas_countries"] = _countries
