@@ -12,6 +12,7 @@ import functools
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -56,6 +57,9 @@ class Settings:
     mail_outbox: Path = Path("instance/mail-outbox.jsonl")
     #: "dev" (the default: demo and development) or "production" (GATEWAY_ENV).
     env: str = "dev"
+    #: Bearer token a scraper must send for /metrics (GATEWAY_METRICS_TOKEN). Unset: /metrics
+    #: is open in dev and absent (404) in production.
+    metrics_token: str | None = field(default=None, repr=False)
     #: The raw environment, for subsystems that read variables of their own.
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -140,6 +144,12 @@ class Settings:
         elif mode == "production":
             raise SettingsError("GATEWAY_MAIL_URL: the outbox is for development only")
 
+        metrics_token = env.get("GATEWAY_METRICS_TOKEN") or None
+        if metrics_token is not None and not _METRICS_TOKEN.match(metrics_token):
+            raise SettingsError(
+                "GATEWAY_METRICS_TOKEN: at least 32 characters, letters, digits and -._~+/= only"
+            )
+
         return cls(
             issuer=issuer,
             instance_dir=instance_dir,
@@ -153,8 +163,13 @@ class Settings:
             mail_url=mail_url,
             mail_outbox=Path(env.get("GATEWAY_MAIL_OUTBOX") or instance_dir / "mail-outbox.jsonl"),
             env=mode,
+            metrics_token=metrics_token,
             environ=env,
         )
+
+
+#: A bearer token (RFC 6750 b64token syntax) long enough not to be guessed.
+_METRICS_TOKEN = re.compile(r"\A[A-Za-z0-9\-._~+/]{32,512}=*\Z")
 
 
 def _redact(url: str | None) -> str | None:

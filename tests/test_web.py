@@ -8,6 +8,7 @@ import re
 import socket
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from flask.testing import FlaskClient
 from werkzeug.exceptions import TooManyRequests
 
 from gateway import clock, metrics
+from gateway.settings import Settings
 from gateway.store import DatabaseStore, RedisStore, get_store
 from gateway.web import (
     IDLE_TIMEOUT,
@@ -603,6 +605,47 @@ def test_metrics_text_format_counts_endpoints_not_paths(wc: FlaskClient) -> None
     assert re.search(sample, text)
     assert 'endpoint="unmatched"' in text
     assert "0612345678" not in text
+
+
+METRICS_TOKEN = "m" * 20 + "-token-for-the-scraper_0123"
+
+
+def test_metrics_with_a_token_answer_only_that_bearer(make_app: Callable[..., Flask]) -> None:
+    for env in ("dev", "production"):
+        client = make_app(env=env, metrics_token=METRICS_TOKEN).test_client()
+        for headers in (
+            {}, {"Authorization": "Bearer " + METRICS_TOKEN[:-1]},
+            {"Authorization": "Basic " + METRICS_TOKEN},
+            {"Authorization": "Bearer " + METRICS_TOKEN + "x"}, {"Authorization": "Bearer"},
+            {"Authorization": "Bearer \u00e9" + METRICS_TOKEN},
+        ):
+            refused = client.get("/metrics", headers=headers)
+            assert refused.status_code == 401, headers
+            assert refused.headers["WWW-Authenticate"] == 'Bearer realm="metrics"'
+            assert "http_requests_total" not in refused.get_data(as_text=True)
+        allowed = client.get("/metrics", headers={"Authorization": "bearer " + METRICS_TOKEN})
+        assert allowed.status_code == 200
+        assert "# TYPE http_requests_total counter" in allowed.get_data(as_text=True)
+
+
+def test_metrics_without_a_token_are_absent_in_production(
+    make_app: Callable[..., Flask],
+) -> None:
+    answer = make_app(env="production").test_client().get("/metrics")
+    assert answer.status_code == 404
+    assert "http_requests_total" not in answer.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("token", ["short", "x" * 31, "a" * 40 + " b", "é" * 40])
+def test_a_weak_or_malformed_metrics_token_stops_start_up(tmp_path: Path, token: str) -> None:
+    from gateway.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="GATEWAY_METRICS_TOKEN"):
+        Settings.from_env({"GATEWAY_INSTANCE_DIR": str(tmp_path), "GATEWAY_METRICS_TOKEN": token})
+    settings = Settings.from_env({"GATEWAY_INSTANCE_DIR": str(tmp_path),
+                                  "GATEWAY_METRICS_TOKEN": METRICS_TOKEN})
+    assert settings.metrics_token == METRICS_TOKEN
+    assert METRICS_TOKEN not in repr(settings)
 
 
 def test_metrics_declarations_guard_labels_and_repeat_safely() -> None:
