@@ -11,18 +11,39 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Request
+from werkzeug.datastructures import ImmutableMultiDict
 
 from gateway import db
 from gateway.policy import Policies, load_policies
 from gateway.settings import Settings
 
 
+class _Params(ImmutableMultiDict[str, str]):
+    """Query, form and cookie values whose `get` answers a missing key with the default
+    directly: werkzeug's raises and catches a BadRequestKeyError, an HTTPException built for
+    every miss (a login asks for several absent keys on every request)."""
+
+    def get(  # type: ignore[override]  # the same overloads, one implementation
+        self, key: Any, default: Any = None, type: Any = None,
+    ) -> Any:
+        if key not in self:
+            return default
+        return super().get(key, default, type)
+
+
+class GatewayRequest(Request):
+    parameter_storage_class = _Params
+    dict_storage_class = _Params
+
+
 class GatewayFlask(Flask):
     """Flask, with `ensure_sync` remembered per function: Flask asks
     `inspect.iscoroutinefunction` again for the view and for every request hook on every
-    request (eight times for a page here), and the answer for a function never changes."""
+    request (eight times for a page here), and the answer for a function never changes.
+    Requests are `GatewayRequest`s."""
 
+    request_class = GatewayRequest
     _MAX_SYNC_CACHE = 512
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -153,15 +174,24 @@ def _trust_proxies(app: Flask, settings: Settings) -> None:
         )
 
 
-def get_settings(app: Flask | None = None) -> Settings:
-    from flask import current_app
+def _current_app() -> Flask:
+    """`current_app` without its LocalProxy (called on every request); outside an app
+    context the proxy itself raises its RuntimeError, as before."""
+    from flask.globals import _cv_app
 
-    s: Settings = (app or current_app).config["GATEWAY_SETTINGS"]
+    try:
+        return _cv_app.get().app
+    except LookupError:
+        from flask import current_app
+
+        return current_app._get_current_object()  # type: ignore[attr-defined,no-any-return]
+
+
+def get_settings(app: Flask | None = None) -> Settings:
+    s: Settings = (app or _current_app()).config["GATEWAY_SETTINGS"]
     return s
 
 
 def get_policies(app: Flask | None = None) -> Policies:
-    from flask import current_app
-
-    p: Policies = (app or current_app).config["GATEWAY_POLICIES"]
+    p: Policies = (app or _current_app()).config["GATEWAY_POLICIES"]
     return p

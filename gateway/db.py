@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from flask import Flask, current_app, g
+from flask.globals import _cv_app
 from sqlalchemy import event
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -230,9 +231,15 @@ def get_db(app: Flask | None = None) -> Database:
 
 def session() -> Session:
     """The session of the current request (or app context), closed when it ends."""
-    if "db_session" not in g:
-        g.db_session = get_db().sessionmaker()
-    s: Session = g.db_session
+    # `g` of the current app context, read once (what the `g` proxy looks up each time).
+    try:
+        app_ctx = _cv_app.get()
+    except LookupError:
+        raise RuntimeError("Working outside of application context.") from None
+    held = app_ctx.g.__dict__.get("db_session")
+    if held is None:
+        held = app_ctx.g.db_session = app_ctx.app.extensions["gateway.db"].sessionmaker()
+    s: Session = held
     return s
 
 

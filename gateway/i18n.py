@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
-from flask import Flask, g, has_request_context, request
+from flask import Flask
+from flask.globals import _cv_app, _cv_request
 from flask_babel import Babel, get_translations, gettext, lazy_gettext, ngettext
 from jinja2 import pass_eval_context
 from markupsafe import Markup
@@ -46,17 +47,24 @@ __all__ = [
 
 def select_language() -> str:
     """?lang=nl|en, else the remembered choice, else Accept-Language, else Dutch."""
-    if not has_request_context():
+    # The context variables once, not a LocalProxy lookup per attribute.
+    ctx = _cv_request.get(None)  # as has_request_context()
+    if ctx is None:
         return DEFAULT_LANGUAGE
+    g = _cv_app.get().g
     cached: str | None = g.get("gateway_language")
     if cached is not None:
         return cached
-    choice = request.args.get(LANGUAGE_PARAM, "")
+    request = ctx.request
+    # `in` first: a missing key makes MultiDict.get raise and catch a BadRequestKeyError.
+    args = request.args
+    choice = args.get(LANGUAGE_PARAM, "") if LANGUAGE_PARAM in args else ""
     if choice in LANGUAGES:
         g.gateway_language_chosen = choice
         language = choice
     else:
-        remembered = request.cookies.get(LANGUAGE_COOKIE, "")
+        cookies = request.cookies
+        remembered = cookies.get(LANGUAGE_COOKIE, "") if LANGUAGE_COOKIE in cookies else ""
         if remembered in LANGUAGES:
             language = remembered
         else:
@@ -70,10 +78,11 @@ def _translations() -> Any:
     the locale Flask-Babel chose (a `force_locale` block has its own); outside a request or
     app context, Flask-Babel's answer as it is."""
     try:
-        state = g.get("_flask_babel")
-        cached = g.get("_gateway_translations")
-    except RuntimeError:  # no app context
+        g = _cv_app.get().g  # what the `g` proxy looks up
+    except LookupError:  # no app context
         return get_translations()
+    state = g.get("_flask_babel")
+    cached = g.get("_gateway_translations")
     locale = getattr(state, "babel_locale", None)
     if cached is not None and locale is not None and cached[0] is locale:
         return cached[1]
@@ -139,8 +148,8 @@ def init_app(app: Flask, settings: Settings) -> Babel:
 
     @app.after_request
     def _remember_language(response: Response) -> Response:
-        chosen: str | None = g.get("gateway_language_chosen")
-        if chosen is not None and request.cookies.get(LANGUAGE_COOKIE) != chosen:
+        chosen: str | None = _cv_app.get().g.get("gateway_language_chosen")
+        if chosen is not None and _cv_request.get().request.cookies.get(LANGUAGE_COOKIE) != chosen:
             response.set_cookie(
                 LANGUAGE_COOKIE,
                 chosen,
@@ -152,7 +161,9 @@ def init_app(app: Flask, settings: Settings) -> Babel:
             )
         if response.mimetype == "text/html":
             # The same URL answers in another language for another browser or cookie.
-            if "Vary" in response.headers:
+            # As `"Vary" in response.headers`, without the BadRequestKeyError that Headers
+            # raises and catches for a missing name.
+            if any(key.lower() == "vary" for key, _ in response.headers):
                 response.vary.update(("Accept-Language", "Cookie"))
             else:
                 response.headers["Vary"] = "Accept-Language, Cookie"

@@ -664,3 +664,27 @@ def test_metrics_declarations_guard_labels_and_repeat_safely() -> None:
 def test_store_in_use_matches_the_backend(web: Flask) -> None:
     expected = RedisStore if TEST_REDIS else DatabaseStore
     assert isinstance(get_store(web), expected)
+
+
+def test_request_values_answer_a_missing_key_without_building_an_exception(
+    app: Flask, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from werkzeug import exceptions
+
+    def built(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("a BadRequestKeyError was built for a missing key")
+
+    with app.test_request_context(
+        "/?a=1&a=2&n=x", method="POST", data={"f": "v"}, headers={"Cookie": "c=1"},
+    ):
+        monkeypatch.setattr(exceptions.BadRequestKeyError, "__init__", built)
+        assert request.args.get("missing") is None
+        assert request.args.get("missing", "d") == "d"
+        assert request.args.get("a") == "1" and request.args.getlist("a") == ["1", "2"]
+        assert request.args.get("a", type=int) == 1
+        assert request.args.get("n", 7, type=int) == 7  # werkzeug: a failed conversion
+        assert request.form.get("f") == "v" and request.form.get("g", "") == ""
+        assert request.cookies.get("c") == "1" and request.cookies.get("other") is None
+        monkeypatch.undo()
+        with pytest.raises(KeyError):
+            request.args["missing"]  # indexing still raises as werkzeug's does

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Flask, has_request_context, request
+from flask import Flask, request
+from flask.globals import _cv_request
 
 from gateway.i18n import LANGUAGE_PARAM, LANGUAGES
 from gateway.settings import Settings
@@ -49,9 +50,11 @@ def language_url(language: str) -> str:
     """The current page in another language: same path and query, `lang` replaced."""
     if language not in LANGUAGES:
         raise ValueError(language)
-    args = [(k, v) for k, v in request.args.items(multi=True) if k != LANGUAGE_PARAM]
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    args = [(k, v) for k, v in req.args.items(multi=True) if k != LANGUAGE_PARAM]
     args.append((LANGUAGE_PARAM, language))
-    return request.path + "?" + urlencode(args)
+    path: str = req.path
+    return path + "?" + urlencode(args)
 
 
 #: Bounds the template URL cache (it holds endpoints without values and static files).
@@ -80,9 +83,10 @@ def template_url_for(app: Flask) -> Callable[..., str]:
                 or not (endpoint == "static" or endpoint.endswith(".static"))
             ):
                 return build(endpoint, **values)
-        if not has_request_context():
+        ctx = _cv_request.get(None)  # as has_request_context(), without the proxies
+        if ctx is None:
             return build(endpoint, **values)
-        key = (endpoint, filename, request.script_root)
+        key = (endpoint, filename, ctx.request.script_root)
         url = cache.get(key)
         if url is None:
             url = build(endpoint, **values)

@@ -18,7 +18,8 @@ import secrets
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Flask, current_app, request, session
+from flask import Flask, Request
+from flask.globals import _cv_app, _cv_request
 from werkzeug.exceptions import BadRequest
 
 from gateway.i18n import lazy_gettext
@@ -51,6 +52,7 @@ def csrf_exempt(target: F) -> F:
 
 
 def _secret(create: bool) -> bytes | None:
+    session = _cv_request.get().session  # what the `session` proxy looks up
     value = session.get(SESSION_KEY)
     if isinstance(value, str):
         try:
@@ -104,22 +106,24 @@ def validate_csrf_token(token: str | None) -> bool:
     return hmac.compare_digest(_xor(raw[:_SECRET_BYTES], raw[_SECRET_BYTES:]), secret)
 
 
-def _exempt() -> bool:
-    view = current_app.view_functions.get(request.endpoint or "")
+def _exempt(request: Request) -> bool:
+    app = _cv_app.get().app
+    view = app.view_functions.get(request.endpoint or "")
     if getattr(view, "_gateway_csrf_exempt", False):
         return True
     for name in request.blueprints:
-        if getattr(current_app.blueprints.get(name), "_gateway_csrf_exempt", False):
+        if getattr(app.blueprints.get(name), "_gateway_csrf_exempt", False):
             return True
     return False
 
 
 def protect() -> None:
+    request = _cv_request.get().request  # the context variable once, not a proxy per use
     if request.method not in UNSAFE_METHODS:
         return
     if request.routing_exception is not None:
         return  # no such page or method: the 404/405 answer says so
-    if _exempt():
+    if _exempt(request):
         return
     # Reading the form enforces MAX_CONTENT_LENGTH (413) before anything else looks at it.
     token = request.form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g
+from flask.globals import _cv_app, _cv_request
 
 from gateway.settings import Settings
 
@@ -84,6 +85,23 @@ def content_security_policy() -> str:
     return _policy(extra) if extra else _DEFAULT_POLICY
 
 
+#: The headers every response gets after Content-Security-Policy, in this order.
+_FIXED_HEADERS: tuple[tuple[str, str], ...] = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),  # for browsers without frame-ancestors
+    ("Referrer-Policy", "no-referrer"),
+    ("Permissions-Policy", PERMISSIONS_POLICY),
+)
+_HSTS_HEADER = ("Strict-Transport-Security", HSTS)
+_NO_STORE_HEADERS = (("Cache-Control", "no-store"), ("Pragma", "no-cache"))
+#: Every name the hook sets, lowercased: a response that already has one of them gets them
+#: one by one (`Headers.set`: ours replace the view's, where the view put it).
+_HOOK_NAMES = frozenset(
+    name.lower()
+    for name, _ in (("Content-Security-Policy", ""), *_FIXED_HEADERS, _HSTS_HEADER)
+) | {name.lower() for name, _ in _NO_STORE_HEADERS}
+
+
 def _has_form(response: Response) -> bool:
     if response.mimetype != "text/html" or response.direct_passthrough or response.is_streamed:
         return False
@@ -96,16 +114,24 @@ def init_app(app: Flask, settings: Settings) -> None:
 
     @app.after_request
     def _security_headers(response: Response) -> Response:
-        h = response.headers
-        h["Content-Security-Policy"] = content_security_policy()
-        h["X-Content-Type-Options"] = "nosniff"
-        h["X-Frame-Options"] = "DENY"  # for browsers without frame-ancestors
-        h["Referrer-Policy"] = "no-referrer"
-        h["Permissions-Policy"] = PERMISSIONS_POLICY
+        # The context variables once, not a LocalProxy lookup per attribute.
+        extra: list[str] | None = _cv_app.get().g.get("gateway_form_action")
+        items = [
+            ("Content-Security-Policy", _policy(extra) if extra else _DEFAULT_POLICY),
+            *_FIXED_HEADERS,
+        ]
         if https:
-            h["Strict-Transport-Security"] = HSTS
-        view = app.view_functions.get(request.endpoint or "")
+            items.append(_HSTS_HEADER)
+        view = app.view_functions.get(_cv_request.get().request.endpoint or "")
         if getattr(view, "_gateway_no_store", False) or _has_form(response):
-            h["Cache-Control"] = "no-store"
-            h["Pragma"] = "no-cache"
+            items.extend(_NO_STORE_HEADERS)
+        h = response.headers
+        for key, _ in h:
+            if key.lower() in _HOOK_NAMES:
+                for name, value in items:
+                    h[name] = value
+                return response
+        # None of them yet: appended in one step, as `h[name] = value` would append each
+        # (the values are constants, or origins checked by allow_form_action: no newlines).
+        h._list.extend(items)
         return response

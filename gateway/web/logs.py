@@ -25,11 +25,13 @@ import traceback
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Flask, Response, g, has_request_context, request
+from flask import Flask, Response
+from flask.globals import _cv_app, _cv_request
 
 from gateway import metrics
 
 REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_ENVIRON = "HTTP_" + REQUEST_ID_HEADER.upper().replace("-", "_")
 _REQUEST_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{7,63}\Z")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -39,15 +41,22 @@ request_log = logging.getLogger("gateway.request")
 
 def request_id() -> str | None:
     """The current request's id (for the audit log); None outside a request."""
-    if not has_request_context():
+    ctx = _cv_request.get(None)  # as has_request_context(), without the proxies
+    if ctx is None:
         return None
+    g = _cv_app.get().g
     value: str | None = g.get("gateway_request_id")
     if value is None:
         # Also for code that runs before the request hooks (or when one of them failed).
-        incoming = request.headers.get(REQUEST_ID_HEADER, "")
+        # request.headers.get(REQUEST_ID_HEADER, "") reads this environ key.
+        incoming = ctx.request.environ.get(_REQUEST_ID_ENVIRON, "")
         value = incoming if _REQUEST_ID.match(incoming) else secrets.token_hex(16)
         g.gateway_request_id = value
     return value
+
+
+#: What json.dumps(entry, default=str, ensure_ascii=False) builds for every call (stateless).
+_JSON = json.JSONEncoder(default=str, ensure_ascii=False)
 
 
 class JsonFormatter(logging.Formatter):
@@ -70,7 +79,7 @@ class JsonFormatter(logging.Formatter):
                 f"{frame.filename}:{frame.lineno} in {frame.name}"
                 for frame in traceback.extract_tb(record.exc_info[2])
             ]
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return _JSON.encode(entry)
 
 
 class RequestIdFilter(logging.Filter):
@@ -230,14 +239,16 @@ def _series(endpoint: str, method: str, status: int) -> tuple[Any, Any]:
 
 def _begin() -> None:
     request_id()
-    g.gateway_started = time.perf_counter()
+    _cv_app.get().g.gateway_started = time.perf_counter()
 
 
 def _finish(response: Response) -> Response:
     rid = request_id()
     if rid:
         response.headers[REQUEST_ID_HEADER] = rid
-    started: float | None = g.get("gateway_started")
+    # The context variables once, not a LocalProxy lookup per attribute.
+    request = _cv_request.get().request
+    started: float | None = _cv_app.get().g.get("gateway_started")
     duration = time.perf_counter() - started if started is not None else 0.0
     endpoint = request.endpoint or "unmatched"
     method = request.method if request.method in _METHODS else "OTHER"

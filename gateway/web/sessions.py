@@ -157,14 +157,17 @@ class StoreSessionInterface(SessionInterface):
         return data, float(written) if isinstance(written, int | float) else None, raw
 
     def open_session(self, app: Flask, request: Request) -> StoreSession:
-        value = request.cookies.get(self.cookie_name)
+        # `in` first: a missing key makes MultiDict.get raise and catch a BadRequestKeyError.
+        cookies = request.cookies
+        value = cookies.get(self.cookie_name) if self.cookie_name in cookies else None
         sid = value if value is not None and _SESSION_ID.match(value) else None
         return StoreSession(self, get_store(app), sid)
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         if not isinstance(session, StoreSession) or not session.loaded:
             return  # never touched: no store access, no cookie
-        response.vary.add("Cookie")
+        if not _varies_on_cookie(response):
+            response.vary.add("Cookie")
         store = get_store(app)
         ops: list[Op] = []
         if session._doomed_sid is not None:
@@ -193,11 +196,11 @@ class StoreSessionInterface(SessionInterface):
             and 0 <= now - written < RENEW_AFTER.total_seconds()
             # The data as it is now, serialised as it was stored, is byte for byte the entry
             # that was loaded: nothing changed, also not in place inside a value.
-            and _dumps({**data, _WRITTEN_KEY: written}) == session._loaded_raw
+            and _dumps({**data, _WRITTEN_KEY: written}, app) == session._loaded_raw
         )
         if not unchanged:
             data[_WRITTEN_KEY] = now
-            ops.append(Set(self.store_key(session.sid), _dumps(data), IDLE_TIMEOUT))
+            ops.append(Set(self.store_key(session.sid), _dumps(data, app), IDLE_TIMEOUT))
             store.run(ops)
         if session.sid != session.cookie_sid:
             # A browser-session cookie: the idle timeout on the server decides how long it works.
@@ -205,15 +208,31 @@ class StoreSessionInterface(SessionInterface):
                 self.cookie_name, session.sid, path="/", secure=self.secure, httponly=True,
                 samesite="Lax",
             )
-            if "Cache-Control" not in response.headers:
+            # As `"Cache-Control" not in response.headers`, without the BadRequestKeyError
+            # that Headers raises and catches for a missing name.
+            if not any(key.lower() == "cache-control" for key, _ in response.headers):
                 response.headers["Cache-Control"] = "no-store"
 
 
-def _dumps(data: dict[str, Any]) -> bytes:
+def _varies_on_cookie(response: Response) -> bool:
+    """Whether `response.vary` (parsed from the first Vary header) already holds "Cookie",
+    so that `response.vary.add("Cookie")` would change nothing (the language hook has set
+    "Accept-Language, Cookie" on every page): without parsing the header into a HeaderSet.
+    A quoted value is left to werkzeug's parser (False)."""
+    for key, value in response.headers:
+        if key.lower() == "vary":
+            return '"' not in value and any(
+                part.strip().lower() == "cookie" for part in value.split(",")
+            )
+    return False
+
+
+def _dumps(data: dict[str, Any], app: Flask | None = None) -> bytes:
     if _plain(data):
         # What the tagged serializer writes for plain JSON values, without its walk over
         # every value (it tries each of its tags on each one): the same bytes.
-        return current_app.json.dumps(data, separators=(",", ":")).encode()
+        provider = (app if app is not None else current_app).json
+        return provider.dumps(data, separators=(",", ":")).encode()
     return _serializer.dumps(data).encode()
 
 
