@@ -187,11 +187,11 @@ class Dispatcher:
         the caller parsed it already (`gateway.sms.phone.Phone.region`), else read here."""
         channel = _check_send(to=to, channel=channel, text=text, purpose=purpose,
                               idempotency_key=idempotency_key)
-        row = self._new_row(to=to, channel=channel, text=text, purpose=purpose,
-                            idempotency_key=idempotency_key, country=country)
-        if not self._insert(session, row):
+        values = self._new_values(to=to, channel=channel, text=text, purpose=purpose,
+                                  idempotency_key=idempotency_key, country=country)
+        if not self._insert(session, values):
             raise ValueError("idempotency key already used for another message")
-        return Queued(row, to, idempotency_key)
+        return Queued(as_loaded(SmsMessage, values), to, idempotency_key)
 
     def deliver(self, bind: Any, queued: Queued, text: str) -> SmsMessage:
         """Send what `queue` added and the caller committed (on the database `bind`, an
@@ -250,13 +250,14 @@ class Dispatcher:
             sa.select(SmsMessage).where(SmsMessage.idempotency_hash == idempotency_hash)
         ).one_or_none()
 
-    def _new_row(
+    def _new_values(
         self, *, to: str, channel: str, text: str, purpose: str, idempotency_key: str,
         country: str | None = None,
-    ) -> SmsMessage:
-        """A new `queued` row (not in any session): every column set (`as_loaded`)."""
+    ) -> dict[str, Any]:
+        """The columns of a new `queued` row, every one set (for `_insert`, then `as_loaded`:
+        a row not in any session)."""
         now = clock.now()
-        return as_loaded(SmsMessage, {
+        return {
             "id": str(uuid.uuid4()),
             "to_hmac": phone_hmac(self.settings, to),
             "to_last2": to[-2:],
@@ -273,13 +274,13 @@ class Dispatcher:
             "error": None,
             "created_at": now,
             "updated_at": now,
-        })
+        }
 
-    def _insert(self, session: Session | sa.Connection, row: SmsMessage) -> bool:
-        """INSERT the row unless its idempotency key exists (one statement, no savepoint: a
-        lost race for the key changes nothing in the caller's transaction). True when new."""
+    def _insert(self, session: Session | sa.Connection, values: dict[str, Any]) -> bool:
+        """INSERT the row of `values` (`_new_values`) unless its idempotency key exists (one
+        statement, no savepoint: a lost race for the key changes nothing in the caller's
+        transaction). True when new."""
         conn = transaction_connection(session)
-        values = {c.key: getattr(row, c.key) for c in _COLUMNS}
         return _INSERT[conn.dialect.name == "postgresql"].execute(conn, values).first() is not None
 
     def _claim(
@@ -292,11 +293,11 @@ class Dispatcher:
         khash = key_hash(idempotency_key)
         text_hmac = self._text_hmac(idempotency_key, text)
         to_hmac = phone_hmac(self.settings, to)
-        row = self._new_row(to=to, channel=channel, text=text, purpose=purpose,
-                            idempotency_key=idempotency_key)
-        if self._insert(session, row):
+        values = self._new_values(to=to, channel=channel, text=text, purpose=purpose,
+                                  idempotency_key=idempotency_key)
+        if self._insert(session, values):
             session.commit()
-            return row, True
+            return as_loaded(SmsMessage, values), True
         existing = self._find(session, khash)
         if existing is None:  # pragma: no cover - the key's row exists: the INSERT said so
             raise RuntimeError("sms message row vanished")

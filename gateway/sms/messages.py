@@ -23,6 +23,7 @@ not used: providers differ in supporting them, and our own texts need none.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -132,6 +133,30 @@ def code_message(
         raise ValueError("issuer_host must be a lower-case host name without scheme or port")
     if ttl_minutes < 1:
         raise ValueError("ttl_minutes must be at least 1")
+    return _render(code, purpose, language, issuer_host, channel, ttl_minutes)
+
+
+@functools.lru_cache(maxsize=256)
+def code_message_segments(
+    *,
+    digits: int,
+    purpose: Purpose,
+    language: str,
+    issuer_host: str,
+    channel: Channel,
+    ttl_minutes: int,
+) -> int:
+    """The SMS segments `code_message` costs with a code of `digits` digits, before a code
+    exists (every code of a length costs the same). The arguments are checked when the
+    message itself is made (`code_message`), before anything is sent."""
+    text = _render("0" * digits, purpose, language, issuer_host, channel, ttl_minutes)
+    return segments(text).count
+
+
+def _render(
+    code: str, purpose: Purpose, language: str, issuer_host: str, channel: Channel,
+    ttl_minutes: int,
+) -> str:
     purpose = Purpose(purpose)
     lang = message_language(language)
     fields = {

@@ -38,7 +38,13 @@ from gateway.sms import codes
 from gateway.sms.codes import VerifyOutcome
 from gateway.sms.dispatch import DeliveryFailed
 from gateway.sms.limits import AbuseLimiter, LimitExceeded, LimitMetrics, SendingUnavailable
-from gateway.sms.messages import code_message, host_of, message_language, segments
+from gateway.sms.messages import (
+    code_message,
+    code_message_segments,
+    host_of,
+    message_language,
+    segments,
+)
 from gateway.sms.phone import Channel, Phone, PhoneRejected, parse_phone
 from gateway.sms.policy import SmsPolicy
 from gateway.sms.purposes import Purpose
@@ -180,7 +186,14 @@ class SmsService:
         units = (
             VOICE_CALL_UNITS
             if target.channel is Channel.VOICE
-            else segments(text_for("0" * codes.CODE_DIGITS)).count
+            else code_message_segments(
+                digits=codes.CODE_DIGITS,
+                purpose=purpose,
+                language=language,
+                issuer_host=self.issuer_host,
+                channel=target.channel,
+                ttl_minutes=ttl_minutes,
+            )
         )
         self.limiter.check_and_count(
             e164=target.e164,

@@ -41,6 +41,9 @@ class OutboxProvider:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        #: The directory was made and the file's mode set (once per provider; again when
+        #: the directory or the file went away).
+        self._ready = False
 
     @classmethod
     def from_settings(
@@ -57,14 +60,12 @@ class OutboxProvider:
             "sent_at": rfc3339(clock.now()),
         }
         line = (json.dumps(entry, ensure_ascii=False) + "\n").encode()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
-        except OSError:
-            raise ProviderError("outbox not writable", retryable=False) from None
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            os.fchmod(fd, FILE_MODE)
+            if not self._ready:
+                os.fchmod(fd, FILE_MODE)
+                self._ready = True
             written = os.write(fd, line)
             if written != len(line):
                 raise ProviderError("outbox write incomplete")
@@ -73,6 +74,21 @@ class OutboxProvider:
         finally:
             os.close(fd)  # also releases the lock
         return ProviderReceipt(provider_message_id=None)
+
+    def _open(self) -> int:
+        """The outbox, opened for appending: its directory made on the first send, and
+        again (with the file's mode set again) when it has gone away since."""
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        try:
+            if self._ready:
+                try:
+                    return os.open(self.path, flags, FILE_MODE)
+                except FileNotFoundError:
+                    self._ready = False
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, flags, FILE_MODE)
+        except OSError:
+            raise ProviderError("outbox not writable", retryable=False) from None
 
 
 def read_outbox(path: Path) -> Iterator[dict[str, Any]]:
