@@ -183,20 +183,25 @@ def test_an_unreachable_node_says_so_and_the_flow_stays_usable(
     state = get_state(env.app)
     state.node.url = "http://127.0.0.1:9/metadata"  # discard port: nothing listens
     state.node.fetch = http_fetch
-    from tests.eidas_helpers import csrf
-
-    page = env.client.get("/rp/start?level=substantieel&lang=en", follow_redirects=True)
-    flow_id = page.request.path.rsplit("/", 1)[-1]
     with caplog.at_level(logging.WARNING):
-        page = env.client.post(f"/login/{flow_id}/route?lang=en", data={
-            "csrf_token": csrf(page.get_data(as_text=True)), "route": "eidas",
-            "country": "DE"})
+        flow_id, page = _choose_eidas(env)
     body = page.get_data(as_text=True)
     assert page.status_code == 400
     assert "Logging in with a European eID is not available at the moment" in body
     assert flow_state(env.app, flow_id)[0] == "choose_route"
     # The choice is still there: the person can try again or choose another way.
     assert 'name="country"' in body
+
+
+def _choose_eidas(env: Env) -> tuple[str, Any]:
+    """A relying party's login, then eIDAS (DE) on the choice page: the flow id and the answer."""
+    from tests.eidas_helpers import csrf
+
+    page = env.client.get("/rp/start?level=substantieel&lang=en", follow_redirects=True)
+    flow_id = page.request.path.rsplit("/", 1)[-1]
+    page = env.client.post(f"/login/{flow_id}/route?lang=en", data={
+        "csrf_token": csrf(page.get_data(as_text=True)), "route": "eidas", "country": "DE"})
+    return flow_id, page
 
 
 def test_a_slow_node_says_so_and_the_flow_stays_usable(
@@ -514,17 +519,12 @@ def test_a_login_meets_a_node_with_an_untrusted_metadata_signer(
     node_key_dir: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
     from gateway.eidas_sim.node import ensure_keys
-    from tests.eidas_helpers import csrf
 
     other = ensure_keys(tmp_path / "other-node").cert_path
     env = make_env(make_app, settings, tmp_path, sp_keys_template, node_key_dir,
                    node_metadata_signing_certificates=[str(other)])
-    page = env.client.get("/rp/start?level=substantieel&lang=en", follow_redirects=True)
-    flow_id = page.request.path.rsplit("/", 1)[-1]
     with caplog.at_level(logging.WARNING):
-        page = env.client.post(f"/login/{flow_id}/route?lang=en", data={
-            "csrf_token": csrf(page.get_data(as_text=True)), "route": "eidas",
-            "country": "DE"})
+        flow_id, page = _choose_eidas(env)
     assert page.status_code == 400
     assert "Logging in with a European eID is not available at the moment" in page.get_data(
         as_text=True)
