@@ -188,7 +188,10 @@ def test_choices_come_from_the_policies_in_the_page_language(app: Flask,
     )
     desks = re.findall(r'<option value="([A-Z][A-Z0-9-]+)">', en)
     assert set(desks) - set(nationalities) == {d.code for d in policies.desks.desks}
-    assert "Embassy Paris (France)" in en and "Embassy Paris (Frankrijk)" in nl
+    # Desk names in the page's language (policies/desks.yaml name_nl).
+    assert "Embassy Paris (France)" in en and "Ambassade Parijs (Frankrijk)" in nl
+    assert "Embassy Paris" not in nl and "Ambassade Parijs" not in en
+    assert ">Gemeente Maastricht<" in nl and ">Municipality of Maastricht<" in en
 
 
 # --- the happy path ---------------------------------------------------------------------------
@@ -224,7 +227,8 @@ def test_application_sends_a_desk_code_by_sms_and_by_mail(app: Flask, client: Fl
 
     (mail,) = mail_outbox(app)
     assert mail["to"] == "jan@example.nl"
-    assert code in mail["text"] and "Embassy Paris" in mail["text"]
+    # The applicant chose Dutch: the desk is named in Dutch.
+    assert code in mail["text"] and "Ambassade Parijs (Frankrijk)" in mail["text"]
     assert "baliecode" in mail["subject"].lower()
     assert "plakband" not in mail["text"]
 

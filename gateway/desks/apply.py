@@ -392,12 +392,13 @@ DESK_GROUPS: tuple[tuple[DeskKind, Any], ...] = (
 
 
 def desk_label(desk: Desk, language: str) -> str:
-    """The desk's policy name, with its country in `language` for desks abroad."""
+    """The desk's policy name in `language`, with its country for desks abroad."""
     if desk.kind is DeskKind.VIDEO:
         return str(lazy_gettext("Video call (identity check by video)"))
+    name = desk.display_name(language)
     if desk.kind is DeskKind.ABROAD and desk.country:
-        return f"{desk.name} ({country_name(desk.country, language)})"
-    return desk.name
+        return f"{name} ({country_name(desk.country, language)})"
+    return name
 
 
 def desk_choices(policies: Policies, language: str) -> list[tuple[Any, list[tuple[str, str]]]]:

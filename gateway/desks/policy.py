@@ -24,7 +24,10 @@ class Desk(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     code: str = Field(pattern=r"^[A-Z][A-Z0-9-]{1,15}$")
-    name: str = Field(min_length=2)
+    #: The desk's name in English, and in Dutch when it differs ("Embassy Paris",
+    #: "Ambassade Parijs"); a place name alone ("Oranjestad (Aruba)") needs no Dutch form.
+    name: str = Field(min_length=2, max_length=100)
+    name_nl: str | None = Field(default=None, min_length=2, max_length=100)
     kind: DeskKind
     #: ISO 3166-1 alpha-2; None only for the video-call desk.
     country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
@@ -38,6 +41,10 @@ class Desk(BaseModel):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {value!r}") from None
         return value
+
+    def display_name(self, language: str) -> str:
+        """The name a citizen reads: Dutch pages and messages get `name_nl` when there is one."""
+        return self.name_nl if language == "nl" and self.name_nl else self.name
 
     @model_validator(mode="after")
     def _country_unless_video(self) -> Desk:
