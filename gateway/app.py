@@ -124,8 +124,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     account_views.init_app(app)  # /account/...: the citizen's "My account" pages
 
     from gateway.accounts import recovery_views
+    from gateway.accounts import service as account_service
 
     recovery_views.init_app(app)  # /account/unblock, /account/recover: citizen self-help
+    account_service.init_app(app)  # code deliveries start after the answer
 
     from gateway.desks import eidas_link_views
 

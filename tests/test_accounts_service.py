@@ -761,3 +761,26 @@ def test_username_key_matches_how_applications_store_it() -> None:
         assert service.username_key(raw) == username_key(raw)
     assert service.username_key("x" * 10_000) is None
     assert service.username_key("   ") is None
+
+
+def test_a_delivery_asked_for_in_a_request_starts_when_the_request_is_over(
+    app: Flask,
+) -> None:
+    """A known username's code delivery must not compete with its own answer (timing)."""
+    from gateway.accounts.service import _in_background, wait_for_deliveries
+
+    ran: list[str] = []
+
+    def job(_app: Flask, label: str) -> None:
+        ran.append(label)
+
+    with app.test_request_context("/account/recover", method="POST"):
+        _in_background(app, job, "in a request")
+        wait_for_deliveries(app)
+        assert ran == []  # not even handed to the worker yet
+    wait_for_deliveries(app)  # the request's teardown started it
+    assert ran == ["in a request"]
+    with app.app_context():
+        _in_background(app, job, "outside a request")
+    wait_for_deliveries(app)
+    assert ran == ["in a request", "outside a request"]
