@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import ipaddress
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -106,8 +107,24 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     from gateway.server import run
 
     settings = load_settings()
+    if settings.dev and "GATEWAY_ENV" not in settings.environ and not _loopback(host):
+        # Dev mode is the default so that a newcomer needs nothing; it must not be what a
+        # deployment gets by forgetting a variable (outbox SMS and mail, a generated key).
+        raise Failure(
+            f"GATEWAY_ENV: not set, so this is dev mode, which serves loopback only; set "
+            f"GATEWAY_ENV=production, or GATEWAY_ENV=dev to serve dev mode on {host}"
+        )
     load_app(settings)  # fail fast, with one line, before granian starts its workers
     run(settings, host=host, port=port, workers=workers, threads=threads)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @main.command()

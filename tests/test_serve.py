@@ -201,3 +201,33 @@ def test_the_process_environment_stays_out_of_requests(monkeypatch: pytest.Monke
     assert "HTTP_PROXY" not in seen  # a variable, not a header the client sent
     assert seen["HTTP_X_FROM_ENV"] == "the client's own value"
     assert seen["HTTP_HOST"] == "gateway.example" and seen["REMOTE_ADDR"] == "192.0.2.10"
+
+
+def test_dev_mode_by_default_serves_loopback_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A deployment that forgot GATEWAY_ENV must not serve dev mode (outbox SMS and mail,
+    a generated key) to the network."""
+    from click.testing import CliRunner
+
+    import gateway.server
+    from gateway.cli import main
+
+    served: list[str] = []
+    monkeypatch.setattr(gateway.server, "run", lambda settings, host, **_: served.append(host))
+    env = {"GATEWAY_INSTANCE_DIR": str(tmp_path / "i"), "GATEWAY_ENV": None}
+    for host in ("0.0.0.0", "::", "10.1.2.3", "gateway.example"):
+        result = CliRunner().invoke(main, ["serve", "--host", host], env=env)
+        assert result.exit_code == 1, result.output
+        assert "GATEWAY_ENV: not set, so this is dev mode, which serves loopback only" in (
+            result.output
+        )
+    assert served == []
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        result = CliRunner().invoke(main, ["serve", "--host", host], env=env)
+        assert result.exit_code == 0, result.output
+    # Dev mode on the network when asked for explicitly.
+    result = CliRunner().invoke(main, ["serve", "--host", "0.0.0.0"],
+                                env={**env, "GATEWAY_ENV": "dev"})
+    assert result.exit_code == 0, result.output
+    assert served == ["127.0.0.1", "::1", "localhost", "127.0.0.2", "0.0.0.0"]
