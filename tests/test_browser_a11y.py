@@ -58,7 +58,7 @@ CITIZEN_PAGES = {
     "account": 200, "choose-factor": 200, "code": 200, "code-errors": None, "code-sent": None,
     "account-midden": 200, "account-history": 200, "account-settings": 200,
     "account-password": 200, "account-password-errors": None, "account-phone": 200,
-    "account-email": 200, "account-app": 200, "account-deactivate": 200,
+    "account-email": 200, "account-app": 200, "account-deactivate": 200, "account-eid": 200,
     "not-found": 404, "method-not-allowed": 405,
 }
 DESK_PAGES = {

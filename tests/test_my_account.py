@@ -427,3 +427,73 @@ def test_login_notice_when_asked_for(app: Flask) -> None:
     # Single sign-on at another service is not a new login: no second notice.
     assert other.get("/test-rp/start?rp=other", follow_redirects=True).get_json()["ok"]
     assert len(mails(app, OLD_MAIL)) == 1
+
+
+# --- linked European eIDs ---------------------------------------------------------------------
+
+
+def test_remove_a_linked_european_eid(app: Flask) -> None:
+    """The owner removes a link a desk made (midden, fresh login); that eID then logs in
+    without the account. Another account's link, or a link removed already, is a 404."""
+    import sqlalchemy as sa
+
+    from gateway import audit
+    from gateway.desks import eidas_links
+    from gateway.desks.eidas_links import EidasLink
+    from tests.test_desk_service import NOW
+    from tests.test_four_eyes import Desk
+
+    subject = "eidas:" + "ab" * 32
+    with clock.frozen(NOW):
+        desk = Desk(app)  # staff, and an account of its own (another person)
+    account_id = make_account(app)
+    set_email(app, account_id)
+    with get_db(app).begin() as s:
+        row = s.get(Account, account_id)
+        assert row is not None
+        row.bsn = "123456782"
+    with clock.frozen(NOW):
+        issued = eidas_links.issue_link_code(desk.s, desk.settings, subject_key=subject,
+                                             attributes={"given_name": "Jan",
+                                                         "family_name": "Jansen",
+                                                         "birthdate": "1980-05-17",
+                                                         "country": "DE"})
+        desk.s.commit()
+        request = desk.ask("link_eidas", {"link_code": issued.code}, ref=f"account:{account_id}")
+        assert desk.decide(request).status == "approved"
+        desk.s.close()
+    with get_db(app).begin() as s:
+        link_id = s.scalars(sa.select(EidasLink.id).where(EidasLink.account_id == account_id)).one()
+        assert eidas_links.linked_account_id(s, subject) == account_id
+
+    client = app.test_client()
+    login_basis(client)
+    settings_page = client.get("/account/settings?lang=en").get_data(as_text=True)
+    assert "European eID (eIDAS)" in settings_page and "/account/eid" in settings_page
+    page = client.get("/account/eid?lang=en", follow_redirects=True)
+    page = step_up_with_sms(client, app, page)  # midden, and a fresh login
+    assert page.request.path == "/account/eid"
+    body = page.get_data(as_text=True)
+    assert "Linked on 2025-03-01" in body and "Remove the link made on 2025-03-01" in body
+    dutch = client.get("/account/eid?lang=nl").get_data(as_text=True)
+    assert "Gekoppelde Europese eID&#39;s" in dutch or "Gekoppelde Europese eID's" in dutch
+    assert "De koppeling van 2025-03-01 verwijderen" in dutch
+    page = client.get("/account/eid?lang=en")
+
+    wrong = post_form(client, page, "/account/eid/remove", {"link": "not-a-link-of-yours"})
+    assert wrong.status_code == 404
+    done = post_form(client, page, "/account/eid/remove", {"link": link_id})
+    assert done.request.path == "/account/settings"
+    assert "no longer linked to your account" in done.get_data(as_text=True)
+    assert "/account/eid" not in done.get_data(as_text=True).split("<main", 1)[1]
+    with get_db(app).begin() as s:
+        assert s.scalars(sa.select(EidasLink)).all() == []
+        assert eidas_links.linked_account_id(s, subject) is None
+        actions = [(e.action, e.outcome) for e in audit.iter_entries(s)]
+        assert ("account.eid_unlink", "success") in actions
+    # In the account's language (Dutch).
+    assert any("niet meer gekoppeld" in m["subject"] for m in mails(app, OLD_MAIL))
+    history = client.get("/account/history?lang=en").get_data(as_text=True)
+    assert "European eID link removed" in history
+    again = post_form(client, page, "/account/eid/remove", {"link": link_id})
+    assert again.status_code == 404  # removed already: nothing to do, nothing written

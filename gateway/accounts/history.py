@@ -41,6 +41,7 @@ class EventKind(StrEnum):
     EMAIL_CONFIRMED = "email_confirmed"
     TOTP_ADDED = "totp_added"
     TOTP_REMOVED = "totp_removed"
+    EID_UNLINKED = "eid_unlinked"
     BLOCKED = "blocked"
     UNBLOCKED = "unblocked"
     DEACTIVATED = "deactivated"

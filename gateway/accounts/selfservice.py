@@ -667,6 +667,30 @@ def remove_app(session: Session, settings: Settings, app: Flask, account: Accoun
                username=account.username, when=_when(clock.now()))
 
 
+# --- linked European eIDs -----------------------------------------------------------------
+
+
+def remove_eid_link(
+    session: Session, settings: Settings, app: Flask, account: Account, link_id: str
+) -> bool:
+    """Remove a European eID linked to the account (the caller re-authenticated the owner at
+    midden). Records `eid_unlinked`, an audit entry and mails a notice. False when the
+    account has no such link (another account's, or removed already). Commits."""
+    from gateway.desks.eidas_links import remove_link
+
+    link = remove_link(session, account.id, link_id) if 0 < len(link_id) <= 36 else None
+    if link is None:
+        session.rollback()
+        return False
+    now = clock.now()
+    record_event(session, account.id, EventKind.EID_UNLINKED, at=now, route="eidas")
+    _audit(session, settings, account, "account.eid_unlink", "success")
+    session.commit()
+    notify(app, account.email, "notice_eid_unlinked", account.language,
+           username=account.username, when=_when(now))
+    return True
+
+
 # --- deactivation ---------------------------------------------------------------------------
 
 

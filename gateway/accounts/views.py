@@ -21,7 +21,16 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, current_app, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Flask,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask import session as flask_session
 from werkzeug.wrappers import Response as BaseResponse
 
@@ -65,6 +74,7 @@ NOTICES = {
     "email_cancelled": lazy_gettext("The change of your e-mail address has been cancelled."),
     "app_added": lazy_gettext("Your authenticator app has been added."),
     "app_removed": lazy_gettext("Your authenticator app has been removed."),
+    "eid_removed": lazy_gettext("The European eID is no longer linked to your account."),
     "notices_on": lazy_gettext("We will e-mail you when someone logs in with your account."),
     "notices_off": lazy_gettext("We will no longer e-mail you at every login."),
 }
@@ -186,7 +196,13 @@ def settings_page() -> Any:
     if not isinstance(me, Me):
         return me
     return _render("settings.html", account=me.account, has_app=totp.has_totp(me.account),
-                   level=Level(me.row.level))
+                   level=Level(me.row.level), eid_links=_eid_links(me.account))
+
+
+def _eid_links(account: Account) -> list[Any]:
+    from gateway.desks.eidas_links import links_of
+
+    return links_of(db.session(), account.id)
 
 
 @bp.post("/account/notices")
@@ -380,6 +396,30 @@ def authenticator_remove() -> Any:
         return me
     me_service.remove_app(db.session(), get_settings(), _app(), me.account)
     return _to("myaccount.settings_page", notice="app_removed")
+
+
+# --- linked European eIDs -------------------------------------------------------------------
+
+
+@bp.get("/account/eid")
+@no_store
+def eid_links() -> Any:
+    me = _guard("myaccount.eid_links", level=Level.MIDDEN, fresh=True)
+    if not isinstance(me, Me):
+        return me
+    return _render("eid.html", links=_eid_links(me.account))
+
+
+@bp.post("/account/eid/remove")
+@no_store
+def eid_remove() -> Any:
+    me = _guard("myaccount.eid_links", level=Level.MIDDEN, fresh=True)
+    if not isinstance(me, Me):
+        return me
+    if not me_service.remove_eid_link(db.session(), get_settings(), _app(), me.account,
+                                      _field("link")):
+        abort(404)  # not a link of this account (another's, or removed already)
+    return _to("myaccount.settings_page", notice="eid_removed")
 
 
 # --- deactivation ---------------------------------------------------------------------------

@@ -195,6 +195,22 @@ def links_of(db: Session, account_id: str) -> list[EidasLink]:
     )
 
 
+def remove_link(db: Session, account_id: str, link_id: str) -> EidasLink | None:
+    """Remove one of the account's links (the owner's choice, from "My account"); the link
+    that went, or None when the account has no link with this id. Flushes; the caller
+    audits and commits. The eID's next login is one without an account (no BSN)."""
+    link = db.scalars(
+        sa.select(EidasLink)
+        .where(EidasLink.id == link_id, EidasLink.account_id == account_id)
+        .with_for_update()
+    ).one_or_none()
+    if link is None:
+        return None
+    db.delete(link)
+    db.flush()
+    return link
+
+
 def is_linked(db: Session, subject_key: str) -> bool:
     return db.scalar(
         sa.select(EidasLink.id).where(EidasLink.subject_key == subject_key)

@@ -152,7 +152,7 @@ async function citizen(browser) {
     ["account-history", "/account/history"], ["account-settings", "/account/settings"],
     ["account-password", "/account/password"], ["account-phone", "/account/phone"],
     ["account-email", "/account/email"], ["account-app", "/account/app"],
-    ["account-deactivate", "/account/deactivate"],
+    ["account-deactivate", "/account/deactivate"], ["account-eid", "/account/eid"],
   ]) await visit(page, name, url);
   await page.goto(withLang("/account/password"));
   await submitAndAudit(page, "account-password-errors", "/account/password");
