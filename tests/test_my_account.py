@@ -465,6 +465,11 @@ def test_remove_a_linked_european_eid(app: Flask) -> None:
     with get_db(app).begin() as s:
         link_id = s.scalars(sa.select(EidasLink.id).where(EidasLink.account_id == account_id)).one()
         assert eidas_links.linked_account_id(s, subject) == account_id
+        # A browser elsewhere logged in to the account with that eID.
+        now = clock.now()
+        s.add(SsoSession(id="e" * 64, account_id=account_id, subject_key=subject,
+                         route="eidas", level=3, amr='["eidas"]', auth_time=now,
+                         created_at=now, last_seen_at=now, rps="[]"))
 
     client = app.test_client()
     login_basis(client)
@@ -486,6 +491,8 @@ def test_remove_a_linked_european_eid(app: Flask) -> None:
     assert done.request.path == "/account/settings"
     assert "no longer linked to your account" in done.get_data(as_text=True)
     assert "/account/eid" not in done.get_data(as_text=True).split("<main", 1)[1]
+    routes = {row.route for row in open_sessions(app, account_id)}
+    assert routes == {"desk_account"}  # the eID's session ended; this browser's did not
     with get_db(app).begin() as s:
         assert s.scalars(sa.select(EidasLink)).all() == []
         assert eidas_links.linked_account_id(s, subject) is None

@@ -674,14 +674,16 @@ def remove_eid_link(
     session: Session, settings: Settings, app: Flask, account: Account, link_id: str
 ) -> bool:
     """Remove a European eID linked to the account (the caller re-authenticated the owner at
-    midden). Records `eid_unlinked`, an audit entry and mails a notice. False when the
-    account has no such link (another account's, or removed already). Commits."""
+    midden). Ends the SSO sessions that eID logged in to the account with (they carry the
+    account and its BSN), records `eid_unlinked`, an audit entry and mails a notice. False
+    when the account has no such link (another account's, or removed already). Commits."""
     from gateway.desks.eidas_links import remove_link
 
     link = remove_link(session, account.id, link_id) if 0 < len(link_id) <= 36 else None
     if link is None:
         session.rollback()
         return False
+    sso.end_all_sessions(session, account.id, subject_key=link.subject_key)
     now = clock.now()
     record_event(session, account.id, EventKind.EID_UNLINKED, at=now, route="eidas")
     _audit(session, settings, account, "account.eid_unlink", "success")

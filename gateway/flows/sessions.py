@@ -260,12 +260,13 @@ def logout(db: Session, settings: Settings) -> SsoSession | None:
 
 def end_all_sessions(
     db: Session, account_id: str, reason: EndReason = EndReason.ACCOUNT,
-    keep: str | None = None,
+    keep: str | None = None, subject_key: str | None = None,
 ) -> int:
     """End every open SSO session of an account (after a password change or recovery, a
     block or a deactivation), except the one with id `keep` (the browser that made a
-    password change stays logged in); returns how many ended. Runs in the caller's
-    transaction.
+    password change stays logged in); with `subject_key`, only the sessions of that login
+    subject (an eID whose link to the account was removed). Returns how many ended. Runs in
+    the caller's transaction.
 
     The rows are loaded and ended one by one rather than by a bulk UPDATE: whoever listens
     for ending sessions on the ORM (OIDC back-channel logout, which revokes the session's
@@ -278,6 +279,8 @@ def end_all_sessions(
     )
     if keep is not None:
         query = query.where(SsoSession.id != keep)
+    if subject_key is not None:
+        query = query.where(SsoSession.subject_key == subject_key)
     rows = db.scalars(
         query.with_for_update().execution_options(populate_existing=True)
     ).all()
