@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 import shutil
 import sys
@@ -784,3 +785,18 @@ def test_a_delivery_asked_for_in_a_request_starts_when_the_request_is_over(
         _in_background(app, job, "outside a request")
     wait_for_deliveries(app)
     assert ran == ["in a request", "outside a request"]
+
+
+def test_a_delivery_that_cannot_start_does_not_break_the_answer(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    def refused(*_args: Any) -> None:
+        raise RuntimeError("cannot schedule new futures after shutdown")
+
+    monkeypatch.setattr(service, "_submit", refused)
+    with (
+        caplog.at_level(logging.ERROR, logger="gateway.accounts.service"),
+        app.test_request_context("/account/recover", method="POST"),
+    ):
+        service._in_background(app, lambda _app: None)
+    assert "account code delivery not started (RuntimeError)" in caplog.messages

@@ -794,7 +794,10 @@ def init_app(app: Flask) -> None:
 def _start_after_answer(_exc: BaseException | None) -> None:
     jobs: list[Callable[[], None]] | None = g.pop("gateway_after_answer", None)
     for start in jobs or ():
-        start()
+        try:
+            start()
+        except Exception as exc:  # the answer is made: a delivery that cannot start is logged
+            log.error("account code delivery not started (%s)", type(exc).__name__)
 
 
 def _in_background(app: Flask, func: Callable[..., None], *args: Any) -> None:
