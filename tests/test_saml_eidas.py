@@ -139,3 +139,28 @@ def test_a_linked_eu_citizen_reaches_a_bsn_sp_with_the_bsn(
     assert auth.get_nameid() == f"s00000000:{BSN}"
     assert SMARTCARD.encode() in base64.b64decode(fields["SAMLResponse"])
     assert auth.get_friendlyname_attributes()["country"] == ["DE"]
+
+
+@pytest.mark.parametrize(("bsn", "lang", "hint"), [
+    (True, "en", "This service needs your BSN."),
+    (True, "nl", "Deze dienst heeft uw BSN nodig."),
+    (False, "en", None),
+])
+def test_the_choice_says_when_the_service_needs_a_bsn(
+    env: Env, bsn: bool, lang: str, hint: str | None,
+) -> None:
+    """A --bsn SP gets a BSN from an eIDAS login only when the eID is linked to an account:
+    the person learns that where they choose the route, not from an error afterwards."""
+    settings = _sp(env, bsn=bsn)
+    env.client.get(f"/?lang={lang}")
+    auth = OneLogin_Saml2_Auth(request_data("/login"), settings)
+    url = urlsplit(auth.login(return_to="rs-hint"))
+    page = env.client.get(url.path + "?" + url.query, follow_redirects=True)
+    body = page.get_data(as_text=True)
+    assert page.status_code == 200 and 'name="country"' in body
+    if hint is None:
+        assert 'id="eidas-bsn-hint"' not in body
+        assert 'aria-describedby="eidas-country-hint"' in body
+    else:
+        assert hint in body
+        assert 'aria-describedby="eidas-country-hint eidas-bsn-hint"' in body

@@ -130,6 +130,10 @@ class RpRequest:
     #: `resume_url` (an OIDC redirect_uri, a SAML ACS URL): the login pages allow it as
     #: CSP form-action, because browsers apply form-action to the redirects after a form.
     return_origin: str | None = None
+    #: The relying party can use a login only with the person's BSN (a DigiD-style SAML
+    #: service provider registered with --bsn): a route whose logins may come without one
+    #: (a European eID not linked to an account) says so where the person chooses it.
+    needs_bsn: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.rp_id, str) or not 0 < len(self.rp_id) <= MAX_RP_ID:
@@ -202,6 +206,7 @@ class RpRequest:
                 "ui_locale": self.ui_locale,
                 "state": dict(self.state),
                 "return_origin": self.return_origin,
+                "needs_bsn": self.needs_bsn,
             },
             sort_keys=True,
         )
@@ -228,6 +233,7 @@ class RpRequest:
                 ui_locale=data.get("ui_locale"),
                 state=data.get("state") or {},
                 return_origin=data.get("return_origin"),
+                needs_bsn=bool(data.get("needs_bsn", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RpRequestError(f"malformed request: {type(exc).__name__}") from exc

@@ -421,6 +421,7 @@ def _sso(binding: str, relay_state: str | None, value: str) -> BaseResponse:
         force_authn=_bool(root.get("ForceAuthn")),
         passive=passive,
         state=state,
+        needs_bsn=bool(row.bsn),
     )
     return start_login(rp_request)
 
