@@ -115,6 +115,30 @@ def test_link_is_requested_checked_and_approved(desk: Desk) -> None:
     assert exc.value.code == "code_used"
 
 
+def test_the_eids_sessions_from_before_the_link_end_with_it(desk: Desk) -> None:
+    """Sessions of the eID that know no account would keep a --bsn service refusing it until
+    they time out; the link ends them, so the next login carries the account. Sessions of
+    other people, and sessions with an account, stay."""
+    from gateway.flows.sessions import SsoSession
+
+    now = clock.now()
+
+    def sso(sid: str, subject: str, account_id: str | None) -> None:
+        desk.s.add(SsoSession(id=sid * 64, account_id=account_id, subject_key=subject,
+                              route="eidas", level=3, amr='["eidas"]', auth_time=now,
+                              created_at=now, last_seen_at=now, rps="[]"))
+
+    sso("a", SUBJECT, None)
+    sso("b", OTHER_SUBJECT, None)
+    sso("c", "account:" + desk.account_id, desk.account_id)
+    desk.s.commit()
+    code = _issue(desk)
+    assert desk.decide(_ask_link(desk, code)).status == "approved"
+    desk.s.expire_all()
+    ended = {row.id[0]: row.end_reason for row in desk.s.scalars(sa.select(SsoSession))}
+    assert ended == {"a": "account", "b": None, "c": None}
+
+
 def test_pending_link_marks_differences_without_refusing(desk: Desk) -> None:
     code = _issue(desk, identity={**IDENTITY, "family_name": "Mueller",
                                   "birthdate": "1980-05-18"})
@@ -374,8 +398,11 @@ def test_whole_journey_citizen_desk_supervisor(link_app: Flask) -> None:
         s = get_db(link_app).sessionmaker()
         assert eidas_links.linked_account_id(s, SUBJECT) == account_id
         s.close()
-    # The citizen's page now says so, and offers no new code.
-    again = citizen.get("/eidas/link?lang=en").get_data(as_text=True)
+    # The link ended the eID's session from before it (that session knew no account): the
+    # page asks for an eID login again; after it, the page says the eID is linked, and
+    # offers no new code.
+    assert "Ask for a link code" not in citizen.get("/eidas/link?lang=en").get_data(as_text=True)
+    again = _eid_login(citizen)
     assert "already linked" in again
     assert 'action="/eidas/link/code"' not in again
 

@@ -441,7 +441,8 @@ def execute_link(
 ) -> EidasLink:
     """Carry out an approved `link_eidas` request: every check again, under row locks (two
     supervisors approving two requests with one code: one wins), the code used up, the link
-    written. Raises LinkError like `pending_link`; flushes, the caller audits and commits."""
+    written, and the eID's open SSO sessions without an account ended. Raises LinkError like
+    `pending_link`; flushes, the caller audits and commits."""
     now = clock.now()
     row = db.scalars(
         sa.select(EidasLinkCode)
@@ -458,6 +459,10 @@ def execute_link(
     )
     db.add(link)
     db.flush()
+    # The eID's sessions from before the link know no account: the next login gets it.
+    from gateway.flows.sessions import end_subject_sessions
+
+    end_subject_sessions(db, row.subject_key)
     return link
 
 

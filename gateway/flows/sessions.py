@@ -290,3 +290,23 @@ def end_all_sessions(
     # Flush now so the listeners run and later queries in this transaction see the ends.
     db.flush()
     return len(rows)
+
+
+def end_subject_sessions(
+    db: Session, subject_key: str, reason: EndReason = EndReason.ACCOUNT
+) -> int:
+    """End every open SSO session of a login subject that came without an account (an eID
+    that a desk has just linked to one: those sessions carry neither the account nor its
+    BSN, so a service that needs the BSN would be refused until they time out). Returns how
+    many ended; runs in the caller's transaction, through the ORM as `end_all_sessions`."""
+    rows = db.scalars(
+        sa.select(SsoSession)
+        .where(SsoSession.subject_key == subject_key, SsoSession.account_id.is_(None),
+               SsoSession.ended_at.is_(None))
+        .with_for_update().execution_options(populate_existing=True)
+    ).all()
+    now = clock.now()
+    for row in rows:
+        end_session(row, reason, now)
+    db.flush()
+    return len(rows)
