@@ -281,15 +281,7 @@ def end_all_sessions(
         query = query.where(SsoSession.id != keep)
     if subject_key is not None:
         query = query.where(SsoSession.subject_key == subject_key)
-    rows = db.scalars(
-        query.with_for_update().execution_options(populate_existing=True)
-    ).all()
-    now = clock.now()
-    for row in rows:
-        end_session(row, reason, now)
-    # Flush now so the listeners run and later queries in this transaction see the ends.
-    db.flush()
-    return len(rows)
+    return _end_found(db, query, reason)
 
 
 def end_subject_sessions(
@@ -299,14 +291,20 @@ def end_subject_sessions(
     that a desk has just linked to one: those sessions carry neither the account nor its
     BSN, so a service that needs the BSN would be refused until they time out). Returns how
     many ended; runs in the caller's transaction, through the ORM as `end_all_sessions`."""
+    query = sa.select(SsoSession).where(
+        SsoSession.subject_key == subject_key, SsoSession.account_id.is_(None),
+        SsoSession.ended_at.is_(None),
+    )
+    return _end_found(db, query, reason)
+
+
+def _end_found(db: Session, query: sa.Select[SsoSession], reason: EndReason) -> int:
     rows = db.scalars(
-        sa.select(SsoSession)
-        .where(SsoSession.subject_key == subject_key, SsoSession.account_id.is_(None),
-               SsoSession.ended_at.is_(None))
-        .with_for_update().execution_options(populate_existing=True)
+        query.with_for_update().execution_options(populate_existing=True)
     ).all()
     now = clock.now()
     for row in rows:
         end_session(row, reason, now)
+    # Flush now so the listeners run and later queries in this transaction see the ends.
     db.flush()
     return len(rows)
