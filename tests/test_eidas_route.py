@@ -453,10 +453,14 @@ def _signed_metadata(node_key_dir: Path) -> bytes:
     return data
 
 
-def test_metadata_signed_by_the_trust_anchor_is_used(tmp_path: Path, node_key_dir: Path) -> None:
+@pytest.mark.parametrize("declaration", [b"", b'<?xml version="1.0" encoding="UTF-8"?>\n'])
+def test_metadata_signed_by_the_trust_anchor_is_used(
+    tmp_path: Path, node_key_dir: Path, declaration: bytes,
+) -> None:
     from gateway.eidas_sim.node import CERT_FILE
 
-    info = _parse_trusted(_signed_metadata(node_key_dir), tmp_path, node_key_dir / CERT_FILE)
+    data = declaration + _signed_metadata(node_key_dir)
+    info = _parse_trusted(data, tmp_path, node_key_dir / CERT_FILE)
     assert info.sso_url == "http://127.0.0.1:8002/sso"
 
 

@@ -153,11 +153,12 @@ def _check_signed(
         raise NodeUnavailable("metadata is not signed by its EntityDescriptor alone")
     if next(root.iter(f"{{{DS_NS}}}Object"), None) is not None:
         raise NodeUnavailable("metadata signature carries a ds:Object")
-    text = data.decode("utf-8", errors="strict")
     for cert_file in trust:
         try:
+            # The bytes as fetched: the backend parses them as lxml did here, whatever
+            # encoding the XML declaration names.
             if backend.validate_signature(
-                text, cert_file, "pem", f"{MD_NS}:EntityDescriptor", root.get("ID"),
+                data, cert_file, "pem", f"{MD_NS}:EntityDescriptor", root.get("ID"),
             ):
                 return
         except SignatureError:
