@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
-import ipaddress
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -19,7 +18,7 @@ import click
 from flask import Flask
 
 from gateway.policy import PolicyError
-from gateway.settings import Settings, SettingsError
+from gateway.settings import Settings, SettingsError, is_loopback_host
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -107,7 +106,7 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     from gateway.server import run
 
     settings = load_settings()
-    if settings.dev and "GATEWAY_ENV" not in settings.environ and not _loopback(host):
+    if settings.dev and "GATEWAY_ENV" not in settings.environ and not is_loopback_host(host):
         # Dev mode is the default so that a newcomer needs nothing; it must not be what a
         # deployment gets by forgetting a variable (outbox SMS and mail, a generated key).
         raise Failure(
@@ -118,13 +117,6 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     run(settings, host=host, port=port, workers=workers, threads=threads)
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @main.command()

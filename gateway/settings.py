@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import ipaddress
 import os
 import re
 import secrets
@@ -170,6 +171,19 @@ class Settings:
 
 #: A bearer token (RFC 6750 b64token syntax) long enough not to be guessed.
 _METRICS_TOKEN = re.compile(r"\A[A-Za-z0-9\-._~+/]{32,512}=*\Z")
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """`localhost` or a loopback address (IPv6 in brackets or not): where the rules for the
+    network (https, production mode) need not hold."""
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _redact(url: str | None) -> str | None:

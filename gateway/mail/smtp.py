@@ -37,7 +37,7 @@ import email_validator
 from gateway import clock
 from gateway.mail.addresses import InvalidAddress, ascii_address
 from gateway.mail.interfaces import MailError, MailMessage, count
-from gateway.settings import Settings, SettingsError
+from gateway.settings import Settings, SettingsError, is_loopback_host
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +79,7 @@ class SmtpConfig:
 
     @property
     def loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback_host(self.host)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SmtpConfig:

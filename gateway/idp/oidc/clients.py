@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import re
 import secrets
@@ -51,7 +50,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from gateway import clock
 from gateway.db import Base, UTCDateTime
 from gateway.levels import Level
-from gateway.settings import Settings
+from gateway.settings import Settings, is_loopback_host
 
 #: Client ids: printable, URL-safe ASCII (they travel in query strings and HTTP Basic).
 CLIENT_ID_PATTERN = re.compile(r"\A[A-Za-z0-9._~:/@+-]{1,100}\Z")
@@ -67,7 +66,6 @@ ASSERTION_ALGS = ("RS256", "PS256", "ES256")
 #: JWE for ID tokens (issue 6 item 4, as DigiD's OIDC interface does).
 ENCRYPTION_ALG = "RSA-OAEP-256"
 ENCRYPTION_ENC = "A256GCM"
-LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 #: Largest inline JWK Set accepted (a handful of public keys).
 MAX_JWKS_BYTES = 16 * 1024
 #: A worker asks the shared store whether the registry changed at most this often: the
@@ -223,13 +221,6 @@ def hash_secret(key: bytes, secret: str) -> str:
 # --- registration rules -------------------------------------------------------------------
 
 
-def _is_loopback(host: str) -> bool:
-    if host in LOOPBACK_HOSTS:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_uri(uri: str, option: str) -> str:
@@ -247,7 +238,7 @@ def check_uri(uri: str, option: str) -> str:
     host = parts.hostname or ""
     if parts.scheme not in ("https", "http") or not host:
         raise ClientError(f"{option}: must be an absolute https:// URL: {uri}")
-    if parts.scheme == "http" and not _is_loopback(host):
+    if parts.scheme == "http" and not is_loopback_host(host):
         raise ClientError(f"{option}: plain http is only allowed for loopback hosts: {uri}")
     if "@" in parts.netloc:
         raise ClientError(f"{option}: must not contain a user or password: {uri}")

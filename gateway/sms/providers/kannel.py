@@ -29,12 +29,11 @@ idempotency key: a retry through another provider carries the same text, so the 
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from gateway.settings import Settings, SettingsError
+from gateway.settings import Settings, SettingsError, is_loopback_host
 from gateway.sms.messages import segments
 from gateway.sms.providers.base import (
     DlrUrls,
@@ -63,15 +62,6 @@ def _env(environ: Mapping[str, str], name: str, *, required: bool = True) -> str
     return value
 
 
-def is_loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class KannelProvider:
@@ -117,7 +107,7 @@ class KannelProvider:
                 "GATEWAY_KANNEL_URL: no user, query or fragment (credentials go in"
                 " GATEWAY_KANNEL_USERNAME and GATEWAY_KANNEL_PASSWORD)"
             )
-        if not settings.dev and parts.scheme != "https" and not is_loopback(parts.hostname):
+        if not settings.dev and parts.scheme != "https" and not is_loopback_host(parts.hostname):
             raise SettingsError(
                 "GATEWAY_KANNEL_URL: must be https:// in production unless on loopback"
             )
@@ -170,4 +160,4 @@ class KannelProvider:
         raise ProviderError(f"HTTP {answer.status}", retryable=answer.status >= 500)
 
 
-__all__ = ["DLR_MASK", "KannelProvider", "is_loopback"]
+__all__ = ["DLR_MASK", "KannelProvider"]
