@@ -81,7 +81,9 @@ _DEFAULT_POLICY = _policy([])
 
 
 def content_security_policy() -> str:
-    extra: list[str] = g.get("gateway_form_action", [])
+    """This response's policy: the default, widened by `allow_form_action` when a page asked."""
+    # The app context's `g` read once, not through its LocalProxy (every response).
+    extra: list[str] | None = _cv_app.get().g.get("gateway_form_action")
     return _policy(extra) if extra else _DEFAULT_POLICY
 
 
@@ -114,12 +116,7 @@ def init_app(app: Flask, settings: Settings) -> None:
 
     @app.after_request
     def _security_headers(response: Response) -> Response:
-        # The context variables once, not a LocalProxy lookup per attribute.
-        extra: list[str] | None = _cv_app.get().g.get("gateway_form_action")
-        items = [
-            ("Content-Security-Policy", _policy(extra) if extra else _DEFAULT_POLICY),
-            *_FIXED_HEADERS,
-        ]
+        items = [("Content-Security-Policy", content_security_policy()), *_FIXED_HEADERS]
         if https:
             items.append(_HSTS_HEADER)
         view = app.view_functions.get(_cv_request.get().request.endpoint or "")
