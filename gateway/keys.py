@@ -9,7 +9,7 @@ Layout of `<instance_dir>/keys/` (folder 0700, every file 0600):
 
 - `manifest.json`: the list of keys, each with kid, kty, alg, use, created_at, state
   (`next`, `active` or `retiring`), retire_at and activate_at; pruned keys move to `retired`
-  with their public JWK;
+  with their public JWK (revoked keys also with `revoked_at`);
 - `<kid>.key.pem`: the private key (PKCS#8); `<kid>.crt.pem`: the RSA key's certificate;
 - `.lock`: the flock(2) that serialises every writer (and readers, against a prune).
 
@@ -28,6 +28,8 @@ retiring until activate_at + RETIRE_AFTER), so all processes switch at the same 
 need synchronised clocks, as token expiry does anyway).
 Writers (rotate, prune) first write those effective states into the manifest. `rotate
 --now` (`publish_for=0`, for a suspected compromise) makes the new set active at once.
+`revoke` (a leaked key) takes one key out of publication at once instead of letting it retire,
+deletes its private key, and if it was signing makes a new key of its alg sign at once.
 The manifest format stays version 1: `activate_at` is optional, so older manifests still
 parse (a reader that predates `next` refuses a manifest holding one, rather than guess).
 
@@ -177,6 +179,18 @@ class Rotation:
     retiring: tuple[KeyInfo, ...]
     pruned: tuple[str, ...]
     discarded: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """What `revoke` did: the key revoked (in its state just before), the key created to sign
+    for its alg in its place (None when the revoked key did not sign), the files deleted, and
+    a key of the same alg still waiting to sign (`next`), which may have leaked with it."""
+
+    revoked: KeyInfo
+    replacement: KeyInfo | None
+    deleted: tuple[Path, ...]
+    waiting: KeyInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -451,6 +465,76 @@ class KeyStore:
         self._current()
         return pruned
 
+    def revocable(self, kid: str, now: datetime) -> KeyInfo:
+        """The manifest entry `revoke(kid, now)` would revoke, in its state at `now`; raises
+        KeyStoreError as `revoke` would. Changes nothing (for a confirmation question)."""
+        self._ready_to_change()
+        with self._locked(exclusive=False):
+            infos, retired = self._read_manifest()
+            return _revocable(kid, _effective(infos, now), retired, self.manifest_path)
+
+    def revoke(self, kid: str, now: datetime) -> Revocation:
+        """Take the key `kid` out of publication at once, for a leaked private key: unlike a
+        retiring key, which stays published for RETIRE_AFTER, relying parties that refetch our
+        JWK Set or SAML metadata stop accepting its signatures.
+
+        The key moves to `retired` with its public JWK (for investigations; null if its file
+        was already unusable) and `revoked_at`; its private key and certificate files are
+        deleted. If it was the active key of its alg, a new key of that alg is created and
+        signs at once. A `next` key of that alg that waits is *not* activated in its place:
+        it lay in the same folder as the leaked key, so it may have leaked too (and a planned
+        activation should not silently become an emergency one); it stays `next` and takes
+        over at its activate_at, unless it is revoked as well. Other processes pick the
+        change up on their next use, as after `rotate` (the manifest gets a new inode).
+
+        Raises KeyStoreError for a kid the manifest does not name, or one already retired or
+        revoked; nothing is changed then."""
+        self._ready_to_change()
+        with self._locked(exclusive=True):
+            read, retired = self._read_manifest()
+            infos = _effective(read, now)
+            target = _revocable(kid, infos, retired, self.manifest_path)
+            try:
+                public_jwk: dict[str, str] | None = self._load_key(target).public_jwk()
+            except KeyStoreError:
+                public_jwk = None  # the kid, a thumbprint, still names the public key
+            replacement = self._create_key(target.alg, now) if target.state == "active" else None
+            keep = [i for i in infos if i.kid != target.kid]
+            if replacement is not None:
+                keep.append(replacement)
+            record = {**target.to_json(), "state": "retired", "retire_at": _iso(now),
+                      "revoked_at": _iso(now), "public_jwk": public_jwk}
+            # The manifest first: from here on no process publishes or signs with the key.
+            self._write_manifest(keep, [*retired, record])
+            deleted = self._delete_files(target.kid)
+            self._sweep({i.kid for i in keep})
+        self._current()
+        waiting = next((i for i in keep if i.alg == target.alg and i.state == "next"), None)
+        return Revocation(revoked=target, replacement=replacement, deleted=deleted,
+                          waiting=waiting)
+
+    def _ready_to_change(self) -> None:
+        """The folder exists, is private and holds a manifest (never created by `revoke`)."""
+        self._check_folder()
+        self._stamp()
+
+    def _delete_files(self, kid: str) -> tuple[Path, ...]:
+        """Delete the key's private key and certificate files; returns those that existed."""
+        deleted: list[Path] = []
+        for path in (self._key_path(kid), self._cert_path(kid)):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise KeyStoreError(
+                    f"GATEWAY_INSTANCE_DIR: key {kid} is unpublished, but {path} cannot be "
+                    f"deleted ({exc.strerror}); delete it by hand"
+                ) from None
+            deleted.append(path)
+        self._fsync_folder()
+        return tuple(deleted)
+
     def _prune(
         self, infos: list[KeyInfo], retired: list[dict[str, Any]], now: datetime
     ) -> tuple[list[KeyInfo], list[dict[str, Any]], tuple[str, ...]]:
@@ -468,32 +552,35 @@ class KeyStore:
     def _create_set(
         self, now: datetime, activate_at: datetime | None = None
     ) -> tuple[KeyInfo, ...]:
-        rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
-        ec_key = ec.generate_private_key(ec.SECP256R1())
-        created = []
-        for alg, key in (("RS256", rsa_key), ("ES256", ec_key)):
-            kid = _thumbprint(key)
-            self._write_file(
-                self._key_path(kid),
-                key.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
-                ),
-            )
-            if isinstance(key, rsa.RSAPrivateKey):
-                cert = _self_signed(key, self.issuer, now)
-                self._write_file(
-                    self._cert_path(kid), cert.public_bytes(serialization.Encoding.PEM)
-                )
-            created.append(
-                KeyInfo(
-                    kid=kid, kty=_KTY[alg], alg=alg, use="sig", created_at=now,
-                    state="next" if activate_at else "active", retire_at=None,
-                    activate_at=activate_at,
-                )
-            )
-        return tuple(created)
+        return tuple(self._create_key(alg, now, activate_at) for alg in ALGORITHMS)
+
+    def _create_key(
+        self, alg: str, now: datetime, activate_at: datetime | None = None
+    ) -> KeyInfo:
+        """Write one new key's files (not the manifest): `next` from `activate_at` if given,
+        else `active`."""
+        key: PrivateKey
+        if alg == "RS256":
+            key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
+        else:
+            key = ec.generate_private_key(ec.SECP256R1())
+        kid = _thumbprint(key)
+        self._write_file(
+            self._key_path(kid),
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+        if isinstance(key, rsa.RSAPrivateKey):
+            cert = _self_signed(key, self.issuer, now)
+            self._write_file(self._cert_path(kid), cert.public_bytes(serialization.Encoding.PEM))
+        return KeyInfo(
+            kid=kid, kty=_KTY[alg], alg=alg, use="sig", created_at=now,
+            state="next" if activate_at else "active", retire_at=None,
+            activate_at=activate_at,
+        )
 
     def _write_manifest(self, infos: list[KeyInfo], retired: list[dict[str, Any]]) -> None:
         document = {
@@ -636,6 +723,25 @@ def _parse_manifest(data: Any) -> tuple[list[KeyInfo], list[dict[str, Any]]]:
     if len({i.kid for i in infos}) != len(infos):
         raise ValueError("a kid appears twice")
     return infos, retired
+
+
+def _revocable(
+    kid: str, infos: Sequence[KeyInfo], retired: Sequence[Any], manifest: Path
+) -> KeyInfo:
+    """The entry of `infos` named `kid`, or KeyStoreError saying why it cannot be revoked."""
+    for info in infos:
+        if info.kid == kid:
+            return info
+    for entry in retired:
+        if isinstance(entry, dict) and entry.get("kid") == kid:
+            if entry.get("revoked_at"):
+                raise KeyStoreError(f"KID: key {kid} was already revoked at {entry['revoked_at']}")
+            raise KeyStoreError(
+                f"KID: key {kid} is already retired (unpublished, private key deleted)"
+            )
+    # repr: the argument is typed by a person and may hold anything, a line break included.
+    shown = repr(kid[:60]) + ("..." if len(kid) > 60 else "")
+    raise KeyStoreError(f"KID: no key {shown} in {manifest}")
 
 
 def _effective(infos: Sequence[KeyInfo], now: datetime) -> list[KeyInfo]:
@@ -826,3 +932,91 @@ def rotate_command(at_once: bool) -> None:
         click.echo(f"{info.alg} key {info.kid} retires at {_iso(info.retire_at)}")
     for kid in result.pruned:
         click.echo(f"key {kid} retired: unpublished, private key deleted")
+
+
+class _RevokeError(click.ClickException):
+    """A refused or failed revocation: one line, as `gateway.cli.Failure` prints it (which
+    this module cannot import at load time), but exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"gateway: {self.format_message()}", err=True)
+
+
+def _error(message: str) -> click.ClickException:
+    return _RevokeError(message)
+
+
+@keys_cli.command("revoke")
+@click.argument("kid")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def revoke_command(kid: str, yes: bool) -> None:
+    """Unpublish the signing key KID at once (it leaked) and delete its private key; if it
+    was signing, a new key of its algorithm signs from now. Recorded in the audit log.
+
+    Exit 1 if not confirmed, 2 on an error (nothing changed, unless the line says so)."""
+    from gateway.cli import Failure, load_settings
+
+    try:
+        settings = load_settings()
+    except Failure as exc:
+        raise _error(exc.format_message()) from None
+    store = KeyStore.for_settings(settings)
+    try:
+        target = store.revocable(kid, clock.now())
+    except SettingsError as exc:
+        raise _error(str(exc)) from None
+    if not yes:
+        question = (
+            f"Revoke {target.alg} key {target.kid} ({target.state})? Relying parties stop "
+            "accepting what it signed as soon as they refetch our keys"
+        )
+        try:
+            confirmed = click.confirm(question, default=False, err=True)
+        except click.Abort:  # end of input: no answer is no
+            confirmed = False
+        if not confirmed:
+            raise Failure("nothing revoked: not confirmed (--yes skips the question)")
+    try:
+        result = store.revoke(kid, clock.now())
+    except SettingsError as exc:
+        raise _error(str(exc)) from None
+    revoked = result.revoked
+    click.echo(f"{revoked.alg} key {revoked.kid} revoked: unpublished now (it was {revoked.state})")
+    if result.replacement is not None:
+        click.echo(f"new {result.replacement.alg} key {result.replacement.kid} (active)")
+    for path in result.deleted:
+        click.echo(f"deleted {path}")
+    if result.waiting is not None and result.waiting.activate_at is not None:
+        click.echo(
+            f"{result.waiting.alg} key {result.waiting.kid} still waits to sign from "
+            f"{_iso(result.waiting.activate_at)}; revoke it too if it may have leaked"
+        )
+    seq = _audit_revocation(settings, revoked.kid)
+    click.echo(f"audit log entry {seq}: keys.revoke key:{revoked.kid}")
+
+
+def _audit_revocation(settings: Settings, kid: str) -> int:
+    """Record the revocation in the audit log; returns the entry's seq. Written after the
+    revocation, which must not wait for (or fail with) the database."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway import audit
+    from gateway.db import Database
+
+    database = Database(settings.database_url, serving=False)
+    try:
+        with database.begin() as session:
+            entry = audit.record(
+                session, actor="cli", role="operator", desk=None, action="keys.revoke",
+                object_ref=f"key:{kid}", outcome="ok", settings=settings,
+            )
+    except (SQLAlchemyError, audit.AuditDataError) as exc:
+        raise _error(
+            f"GATEWAY_DATABASE_URL: key {kid} is revoked, but the audit log entry could not be "
+            f"written ({type(exc).__name__}); record the revocation by hand"
+        ) from None
+    finally:
+        database.dispose()
+    return entry.seq
