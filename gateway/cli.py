@@ -160,7 +160,8 @@ def db_upgrade() -> None:
               help="Rows per transaction (default 500).")
 @one_line_errors
 def purge(dry_run: bool, batch_size: int | None) -> None:
-    """Remove expired login flows, codes, tokens and sessions (gateway.purge); safe from cron.
+    """Remove expired login flows, codes, tokens and sessions, and SMS delivery records past
+    their retention (gateway.purge); safe from cron.
 
     Prints the rows removed per table as one JSON object (with --dry-run: the rows due).
     """

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import yaml
 from click.testing import CliRunner
 from flask import Flask
 from sqlalchemy.orm import Session
@@ -30,15 +33,18 @@ from gateway.flows.sessions import SsoSession
 from gateway.idp.oidc import tokens
 from gateway.idp.oidc.clients import OidcClient
 from gateway.idp.oidc.tokens import OidcGrant, OidcToken
-from gateway.settings import Settings
+from gateway.settings import DEFAULT_POLICIES_DIR, Settings
 from gateway.sms.codes import OneTimeCode
+from gateway.sms.dispatch import get_dispatcher
+from gateway.sms.models import SmsMessage
+from gateway.sms.providers.base import dlr_token
 from gateway.store import DatabaseStore, SharedState, get_store
 
 DAY = timedelta(days=1)
 MINUTE = timedelta(minutes=1)
 PURGED = (
     "one_time_codes", "login_flows", "account_codes", "eidas_link_codes", "oidc_tokens",
-    "oidc_grants", "sso_sessions", "shared_state",
+    "oidc_grants", "sso_sessions", "sms_messages", "shared_state",
 )
 
 
@@ -185,6 +191,26 @@ def sso_session(s: Session, *, ended_ago: timedelta | None = None,
     return row
 
 
+def sms(s: Session, *, age: timedelta, status: str = "delivered",
+        updated_ago: timedelta | None = None) -> SmsMessage:
+    """A delivery record queued `age` ago (last changed 5 seconds later, or `updated_ago`)."""
+    now = clock.now()
+    row = SmsMessage(
+        id=str(uuid.uuid4()), to_hmac=secrets.token_hex(32), to_last2="42", country="NL",
+        channel="sms", purpose="login", segments=1, idempotency_hash=secrets.token_hex(32),
+        text_hmac=secrets.token_hex(32), status=status, provider="kannel", attempts=1,
+        created_at=now - age,
+        updated_at=now - (age - timedelta(seconds=5) if updated_ago is None else updated_ago),
+    )
+    s.add(row)
+    s.flush()
+    return row
+
+
+def keep(app: Flask) -> timedelta:
+    return timedelta(days=get_policies(app).sms.delivery_records.keep_days)
+
+
 # Reads end their transaction at once: on SQLite an open one holds the write lock, which
 # the purge (another connection) would wait for.
 
@@ -276,6 +302,18 @@ class World:
             sso_session(s).id,
         }
 
+        period = keep(app)
+        self.old["sms_messages"] = {
+            sms(s, age=period + MINUTE).id,
+            # Still queued or sent long after: goes all the same.
+            sms(s, age=400 * DAY, status="queued").id,
+            sms(s, age=period + DAY, status="sent").id,
+            # A late report changed it lately: the period counts from when it was queued.
+            sms(s, age=period + MINUTE, updated_ago=MINUTE).id,
+        }
+        self.kept["sms_messages"] = {sms(s, age=period - MINUTE).id,
+                                     sms(s, age=MINUTE, status="queued").id}
+
         # Never touched, however old.
         record_event(s, owner.id, EventKind.LOGIN, at=clock.now() - 400 * DAY)
         s.commit()
@@ -302,7 +340,7 @@ KEYS: dict[str, Any] = {
     "one_time_codes": OneTimeCode.id, "login_flows": LoginFlow.id,
     "account_codes": AccountCode.id, "eidas_link_codes": EidasLinkCode.id,
     "oidc_tokens": OidcToken.token_hash, "oidc_grants": OidcGrant.id,
-    "sso_sessions": SsoSession.id,
+    "sso_sessions": SsoSession.id, "sms_messages": SmsMessage.id,
 }
 
 
@@ -362,6 +400,7 @@ def test_tiny_batches_still_remove_everything(app: Flask, session: Session) -> N
         link_code(session, expired_ago=31 * DAY)
         grant(session, rp, ended_ago=2 * DAY, token_count=3)
         sso_session(session, ended_ago=3 * DAY)
+        sms(session, age=keep(app) + DAY)
     session.commit()
     store = get_store(app)
     if isinstance(store, DatabaseStore):
@@ -389,6 +428,7 @@ def test_two_purgers_at_once_remove_each_row_once(app: Flask, session: Session) 
         otp(session, expired_ago=2 * DAY)
         grant(session, rp, ended_ago=2 * DAY, token_count=1)
         sso_session(session, ended_ago=3 * DAY)
+        sms(session, age=keep(app) + DAY)
     live = flow(session, expired_ago=-MINUTE).id
     session.commit()
     results: list[dict[str, int]] = []
@@ -406,7 +446,8 @@ def test_two_purgers_at_once_remove_each_row_once(app: Flask, session: Session) 
     for thread in threads:
         thread.join()
     assert not errors
-    for name in ("login_flows", "one_time_codes", "oidc_grants", "oidc_tokens", "sso_sessions"):
+    for name in ("login_flows", "one_time_codes", "oidc_grants", "oidc_tokens", "sso_sessions",
+                 "sms_messages"):
         assert sum(r[name] for r in results) == 40, name
     assert left(app, session, "login_flows") == {live}
     assert left(app, session, "sso_sessions") == set()
@@ -466,6 +507,53 @@ def test_the_existing_purge_functions_keep_their_signatures(
     assert purge_flows(session, older_than=timedelta(0), limit=5) == 1
 
 
+def policies_with(tmp_path: Path, **delivery_records: Any) -> Path:
+    """A copy of the shipped policies with `delivery_records` in sms.yaml replaced."""
+    folder = tmp_path / "policies"
+    shutil.copytree(DEFAULT_POLICIES_DIR, folder)
+    path = folder / "sms.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["delivery_records"] = delivery_records
+    path.write_text(yaml.safe_dump(data))
+    return folder
+
+
+def test_sms_retention_follows_the_policy(
+    app: Flask, make_app: Callable[..., Flask], tmp_path: Path, session: Session
+) -> None:
+    assert keep(app) == 180 * DAY  # the shipped policy
+    older = sms(session, age=70 * DAY + MINUTE)
+    younger = sms(session, age=70 * DAY - MINUTE)
+    session.commit()
+    # The shipped 180 days keep both.
+    assert purging.purge_all(app, dry_run=True)["sms_messages"] == 0
+
+    short = make_app(policies_dir=policies_with(tmp_path, keep_days=70))
+    assert keep(short) == 70 * DAY
+    assert purging.purge_all(short, dry_run=True)["sms_messages"] == 1
+    assert purging.purge_all(short)["sms_messages"] == 1
+    assert left(app, session, "sms_messages") == {younger.id}
+    assert older.id not in left(app, session, "sms_messages")
+
+
+def test_a_report_for_a_removed_message_is_answered_and_changes_nothing(
+    app: Flask, session: Session
+) -> None:
+    with get_db(app).begin() as s:
+        message = get_dispatcher(app).send(s, to="+31612345678", channel="sms", text="Code 123456",
+                                           purpose="login", idempotency_key="otp:purged")
+    token = dlr_token(get_dispatcher(app).settings.derive_key("sms-dlr"), message.id)
+    clock.advance(keep(app) + MINUTE)
+    assert purging.purge_all(app)["sms_messages"] == 1
+
+    client = app.test_client()
+    for status in ("1", "2", "8", "16"):
+        answer = client.get(f"/sms/dlr/kannel?id={message.id}&token={token}&status={status}")
+        assert answer.status_code == 200, answer.data
+        assert answer.data == b"ok\n"
+    assert left(app, session, "sms_messages") == set()  # no row comes back
+
+
 def test_rejects_a_batch_size_below_one(app: Flask) -> None:
     with pytest.raises(ValueError, match="batch_size"):
         purging.purge_all(app, batch_size=-1)
@@ -517,3 +605,20 @@ def test_cli_fails_with_one_line(settings: Settings, tmp_path: Any) -> None:
     assert len(lines) == 1 and lines[0].startswith("gateway: database error"), result.output
     bad = CliRunner().invoke(main, ["purge", "--batch-size", "0"], env=_env(settings))
     assert bad.exit_code == 2
+
+
+def test_cli_stops_on_a_bad_retention_with_one_line(
+    app: Flask, session: Session, settings: Settings, tmp_path: Path
+) -> None:
+    old = sms(session, age=400 * DAY).id
+    session.commit()
+    env = _env(settings)
+    for bad in (30, 367, "180", True):
+        env["GATEWAY_POLICIES"] = str(policies_with(tmp_path / str(bad), keep_days=bad))
+        result = CliRunner().invoke(main, ["purge"], env=env)
+        assert result.exit_code == 1, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1, result.output
+        assert lines[0].startswith(f"gateway: {env['GATEWAY_POLICIES']}/sms.yaml: field "
+                                   "delivery_records.keep_days: "), lines[0]
+    assert left(app, session, "sms_messages") == {old}  # nothing removed

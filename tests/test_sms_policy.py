@@ -41,6 +41,8 @@ def test_shipped_policy() -> None:
     assert policy.country_budgets.for_region("NG") == policy.country_budgets.default
     for region in ("CW", "AW", "SX", "BQ", "SR", "BE", "DE"):
         assert region in policy.country_budgets.overrides
+    # Delivery records: about six months (gateway purge).
+    assert policy.delivery_records.keep_days == 180
 
 
 def test_empty_file_gives_the_defaults(sms_yaml: Path) -> None:
@@ -102,6 +104,14 @@ BAD: list[tuple[Callable[[dict[str, Any]], None], str]] = [
     (_set("voice_number_types", value=["fixed_line", "mobile"]), "voice_number_types"),
     (_set("voice_number_types", value=["toll_free"]), "voice_number_types.0"),
     (_set("per_country", value={"hour": 1, "day": 1}), "per_country"),
+    (_set("delivery_records", "keep_days", value=61), "delivery_records.keep_days"),
+    (_set("delivery_records", "keep_days", value=367), "delivery_records.keep_days"),
+    (_set("delivery_records", "keep_days", value=0), "delivery_records.keep_days"),
+    (_set("delivery_records", "keep_days", value="180"), "delivery_records.keep_days"),
+    (_set("delivery_records", "keep_days", value=True), "delivery_records.keep_days"),
+    (_set("delivery_records", "keep_days", value=180.5), "delivery_records.keep_days"),
+    (_set("delivery_records", "keep_weeks", value=26), "delivery_records.keep_weeks"),
+    (_set("delivery_records", value=180), "delivery_records"),
 ]
 
 
@@ -124,6 +134,14 @@ def test_yaml_yes_is_not_a_count(sms_yaml: Path) -> None:
     sms_yaml.write_text("per_number: {hour: yes, day: 10}\n")
     with pytest.raises(PolicyError, match=r"field per_number\.hour"):
         load_file(sms_yaml, SmsPolicy)
+
+
+def test_delivery_records_bounds_are_allowed(sms_yaml: Path) -> None:
+    for days in (62, 366):
+        sms_yaml.write_text(f"delivery_records: {{keep_days: {days}}}\n")
+        assert load_file(sms_yaml, SmsPolicy).delivery_records.keep_days == days
+    sms_yaml.write_text("delivery_records: {}\n")
+    assert load_file(sms_yaml, SmsPolicy).delivery_records.keep_days == 180
 
 
 def test_day_may_equal_hour() -> None:

@@ -1,9 +1,10 @@
 """Policy model for `policies/sms.yaml`: which phones may receive codes, and the abuse limits.
 
 Issue 3 (items 1, 2 and 5): the regions and number types that may receive a code, the code's
-lifetime and attempts, and the limits against SMS pumping and toll fraud, kept as data an
-operator can review (ARCHITECTURE.md, habit 3). Every value is checked when the app starts;
-an error names `sms.yaml` and the field (through `gateway.policy.load_file`).
+lifetime and attempts, the limits against SMS pumping and toll fraud, and how long each
+message's delivery record is kept (`gateway purge`), kept as data an operator can review
+(ARCHITECTURE.md, habit 3). Every value is checked when the app starts; an error names
+`sms.yaml` and the field (through `gateway.policy.load_file`).
 
 The limits themselves are enforced by `gateway.sms.limits`; this module only says what they are.
 """
@@ -131,6 +132,26 @@ class CountryBudgets(BaseModel):
         return self.overrides.get(region, self.default)
 
 
+#: Bounds of `delivery_records.keep_days`. The shortest is longer than anything that reads
+#: `sms_messages` over time: late delivery reports (SMSC validity, at most a week), a citizen's
+#: "my code never came" (an activation letter's code is valid 20 days) and checking a provider's
+#: monthly invoice per country against the messages of a whole month (two calendar months). The
+#: longest, one year: past it a record serves nothing the service does (data minimisation).
+DELIVERY_RECORDS_MIN_DAYS = 62
+DELIVERY_RECORDS_MAX_DAYS = 366
+
+
+class DeliveryRecords(BaseModel):
+    """How long the delivery record of a message (`sms_messages`) is kept: `gateway purge`
+    removes it `keep_days` after the message was queued, whatever its status."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keep_days: StrictInt = Field(
+        default=180, ge=DELIVERY_RECORDS_MIN_DAYS, le=DELIVERY_RECORDS_MAX_DAYS
+    )
+
+
 class SmsPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -156,6 +177,7 @@ class SmsPolicy(BaseModel):
     voice_number_types: list[DeliverableType] = Field(
         default_factory=lambda: [NumberType.FIXED_LINE]
     )
+    delivery_records: DeliveryRecords = Field(default_factory=DeliveryRecords)
 
     @field_validator("allowed_regions")
     @classmethod
