@@ -55,6 +55,7 @@ NODE_TIMEOUT = 240  # seconds; a whole language's walk takes well under a minute
 CITIZEN_PAGES = {
     "home": 200, "apply": 200, "apply-errors": 422, "apply-sent": 200, "activate": 200,
     "activate-errors": None, "login": 200, "login-errors": None, "login-blocked": None,
+    "login-suspended": 200,
     "account": 200, "choose-factor": 200, "code": 200, "code-errors": None, "code-sent": None,
     "account-midden": 200, "account-history": 200, "account-settings": 200,
     "account-password": 200, "account-password-errors": None, "account-phone": 200,
@@ -66,7 +67,7 @@ DESK_PAGES = {
     "desk-find-errors": 422, "desk-application": 200, "desk-check-errors": 422,
     "desk-check-result": 200, "desk-approved": 200, "desk-four-eyes": 200,
     "desk-four-eyes-new": 200, "desk-four-eyes-errors": 422, "desk-password": 200,
-    "desk-audit": 200,
+    "desk-audit": 200, "desk-suspend": 200, "desk-suspend-errors": 422,
 }
 
 
@@ -134,6 +135,11 @@ def _seed(app: Flask, language: str) -> dict[str, Any]:
         account = s.get(Account, blocked)
         assert account is not None
         account.blocked_until = clock.now() + timedelta(hours=1)
+    suspended = make_account(app, "sara.suspended")
+    with get_db(app).begin() as s:
+        account = s.get(Account, suspended)
+        assert account is not None
+        account.suspended_at = clock.now()
     officer = make_staff(app, "o.officer")
     auditor = make_staff(app, "a.auditor", role="auditor")
     _, desk_code = make_application(app)
@@ -141,7 +147,7 @@ def _seed(app: Flask, language: str) -> dict[str, Any]:
     return {
         "citizen": {
             "username": "jan.jansen", "password": PASSWORD, "phone": MOBILE,
-            "blocked_username": "piet.blocked",
+            "blocked_username": "piet.blocked", "suspended_username": "sara.suspended",
             "application": {
                 "bsn": bsn_from("11122233" if language == "nl" else "23456789"),
                 "dob-day": "27", "dob-month": "3", "dob-year": "1985", "nationality": "NLD",

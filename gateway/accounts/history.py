@@ -1,7 +1,8 @@
 """Usage history of a citizen account: what "My account" shows (issue 5, item 7).
 
 One row per event: a login (with the service, the level reached and the route), a change of
-password, phone, e-mail or authenticator app, a block and its lifting, activation, expiry.
+password, phone, e-mail or authenticator app, a block and its lifting, a suspension by a desk
+and its lifting, activation, expiry.
 The owner reads it to spot use they do not recognise, so it names the relying party by the
 name the owner knows, never an internal id. Personal data other than the account id is not
 stored here (no IP addresses, no phone numbers).
@@ -46,6 +47,9 @@ class EventKind(StrEnum):
     UNBLOCKED = "unblocked"
     DEACTIVATED = "deactivated"
     EXPIRED = "expired"
+    #: A desk suspended the account on suspected misuse, and lifted that (four-eyes).
+    SUSPENDED = "suspended"
+    SUSPENSION_LIFTED = "suspension_lifted"
 
 
 class AccountEvent(Base):

@@ -80,6 +80,11 @@ class Account(Base):
     #: A new e-mail address waiting for its E code (gateway.accounts.selfservice); the
     #: address in `email` stays in use until the code is typed.
     pending_email: Mapped[str | None] = mapped_column(sa.String(254))
+    #: Suspended by a desk on suspected misuse (gateway.desks.suspension): no login, no
+    #: unblock or recovery code until a four-eyes `lift_suspension` clears it.
+    suspended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The desk's reason for the latest suspension (kept after lifting, for the record).
+    suspension_reason: Mapped[str | None] = mapped_column(sa.String(500))
 
 
 class AccountCodeKind(StrEnum):

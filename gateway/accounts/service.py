@@ -26,6 +26,10 @@ Rules, and where they come from:
 - Recovery needs two things a thief rarely holds together (issue 5 item 6): the H code on the
   verified phone and a token mailed to the verified e-mail address. Neither the password nor
   the phone alone is enough; without a verified e-mail address the owner goes to a desk.
+- Suspension by a desk (gateway.desks.suspension, `Account.suspended_at`): told only after
+  the right password (`AccountSuspended`); a wrong one is any wrong password. Unblock and
+  recovery requests for a suspended account answer as for anyone and send nothing, and a
+  D or H code cannot be used while the account is suspended.
 
 Every function here commits its session (a failed attempt must be counted even though the
 function raises). Call them with a plain session (the request's `gateway.db.session()`), not
@@ -114,6 +118,14 @@ class AccountBlocked(AccountError):
         self.until = until
 
 
+class AccountSuspended(AccountError):
+    """A desk suspended the account (gateway.desks.suspension); raised ONLY after the RIGHT
+    password, like AccountBlocked, so only the owner learns of it."""
+
+    def __init__(self) -> None:
+        super().__init__("suspended", SUSPENDED_MESSAGE)
+
+
 class TooManyAttempts(AccountError):
     """Too many attempts from this network (per-IP throttling); `retry_after` in seconds."""
 
@@ -161,6 +173,11 @@ BLOCKED_MESSAGE = lazy_gettext(
     "Your account is blocked for a while because a wrong password was entered too often. You "
     "can lift the block now with an unblock code that we send to your phone: choose "
     "\"Unblock my account\". Otherwise wait until the block ends."
+)
+SUSPENDED_MESSAGE = lazy_gettext(
+    "This account has been suspended because it may have been misused. You cannot log in "
+    "with it now. Contact a desk: after checking your identity document the desk can lift "
+    "the suspension."
 )
 TOO_MANY_ATTEMPTS_MESSAGE = lazy_gettext(
     "There have been too many attempts from your network. Please try again in an hour."
@@ -413,12 +430,13 @@ def _loaded(session: Session, row: Any) -> Account:
     return account
 #: A login with the right password: the failure count and any backoff cleared, the time of
 #: the login set, the hash replaced when `b_hash` is not NULL (rehash); only while the account
-#: is active and not blocked. Built once: it runs at every login.
+#: is active, not suspended and not blocked. Built once: it runs at every login.
 _LOGGED_IN = Prepared(
     sa.update(_ACCOUNTS)
     .where(
         _ACCOUNTS.c.id == sa.bindparam("b_id"),
         _ACCOUNTS.c.status == AccountStatus.ACTIVE.value,
+        _ACCOUNTS.c.suspended_at.is_(None),
         sa.or_(
             _ACCOUNTS.c.blocked_until.is_(None),
             _ACCOUNTS.c.blocked_until <= sa.bindparam("b_now", type_=UTCDateTime()),
@@ -1066,7 +1084,8 @@ def check_password(
     audit entry) is left in the session's open transaction, for the caller to commit
     together with what the login writes next (one transaction instead of two).
 
-    Raises LoginFailed, AccountBlocked (right password only), TooManyAttempts, TryLater.
+    Raises LoginFailed, AccountSuspended and AccountBlocked (right password only),
+    TooManyAttempts, TryLater.
     """
     app = app or current_app._get_current_object()  # type: ignore[attr-defined]
     throttle = _Throttle.take(app, settings, policies, Action.LOGIN, ip)
@@ -1091,6 +1110,10 @@ def check_password(
         _audit(session, settings, account, "account.login", f"failure:{account.status}")
         session.commit()
         raise LoginFailed()
+    if account.suspended_at is not None:
+        _audit(session, settings, account, "account.login", "failure:suspended")
+        session.commit()
+        raise AccountSuspended()
     if _blocked(account, now):
         assert account.blocked_until is not None
         _audit(session, settings, account, "account.login", "failure:blocked")
@@ -1107,6 +1130,8 @@ def check_password(
         session.rollback()
         account = find_account(session, username)
         session.commit()
+        if account is not None and account.suspended_at is not None:
+            raise AccountSuspended()
         if account is not None and account.blocked_until is not None:
             raise AccountBlocked(account.blocked_until)
         raise LoginFailed()
@@ -1136,8 +1161,8 @@ def start_unblock(
     ip: str | None,
 ) -> None:
     """Send an unblock code (D) to the verified phone, only when username and password are
-    right and the account is active and blocked. Returns None in every case: show
-    `UNBLOCK_REQUESTED`. A wrong password counts as a failed login.
+    right and the account is active, blocked and not suspended. Returns None in every case:
+    show `UNBLOCK_REQUESTED`. A wrong password counts as a failed login.
 
     Raises only TooManyAttempts or TryLater (per network, never per account).
     """
@@ -1161,6 +1186,7 @@ def start_unblock(
         return
     eligible = (
         account.status == AccountStatus.ACTIVE
+        and account.suspended_at is None
         and _blocked(account, now)
         and account.phone_e164 is not None
         and account.phone_verified_at is not None
@@ -1176,7 +1202,10 @@ def start_unblock(
 def _deliver_unblock_code(app: Flask, account_id: str, ip: str | None) -> None:
     with get_db(app).sessionmaker() as session:
         account = session.get(Account, account_id)
-        if account is None or account.status != AccountStatus.ACTIVE:
+        if (
+            account is None or account.status != AccountStatus.ACTIVE
+            or account.suspended_at is not None
+        ):
             return
         _send_letter_code(
             app, session, account, kind=CodeKind.UNBLOCK, purpose=Purpose.UNBLOCK,
@@ -1221,7 +1250,7 @@ def finish_unblock(
         session.rollback()
         raise CodeRefused("invalid", CodeKind.UNBLOCK)
     refusal = _refusal(row, now, CODE_MAX_ATTEMPTS)
-    if refusal is None and status != AccountStatus.ACTIVE:
+    if refusal is None and (status != AccountStatus.ACTIVE or account.suspended_at is not None):
         refusal = "expired"
     if refusal is None and not _consume(session, row, now, CODE_MAX_ATTEMPTS):
         refusal = "used"
@@ -1256,7 +1285,8 @@ def start_recovery(
     ip: str | None,
 ) -> None:
     """Forgotten password: send a recovery code (H) to the verified phone AND a confirmation
-    token (a link) to the verified e-mail address, when the account is active and has both.
+    token (a link) to the verified e-mail address, when the account is active (not suspended)
+    and has both.
     Returns None in every case: show `RECOVERY_REQUESTED`.
 
     Every request counts against the per-IP throttle (it costs an SMS and an e-mail), on
@@ -1278,9 +1308,10 @@ def start_recovery(
         _audit(session, settings, None, "account.recovery_request", "failure:unknown_user")
         session.commit()
         return
-    account_id, status, phone, phone_verified_at, email, email_verified_at = row
+    account_id, status, phone, phone_verified_at, email, email_verified_at, suspended_at = row
     eligible = (
         status == AccountStatus.ACTIVE
+        and suspended_at is None
         and phone is not None
         and phone_verified_at is not None
         and email is not None
@@ -1297,6 +1328,7 @@ _RECOVERY_FIELDS = Prepared(
     sa.select(
         _ACCOUNTS.c.id, _ACCOUNTS.c.status, _ACCOUNTS.c.phone_e164,
         _ACCOUNTS.c.phone_verified_at, _ACCOUNTS.c.email, _ACCOUNTS.c.email_verified_at,
+        _ACCOUNTS.c.suspended_at,
     ).where(_ACCOUNTS.c.username_key == sa.bindparam("b_key"))
 )
 
@@ -1305,7 +1337,10 @@ def _deliver_recovery(app: Flask, account_id: str, ip: str | None) -> None:
     settings = get_settings(app)
     with get_db(app).sessionmaker() as session:
         account = session.get(Account, account_id)
-        if account is None or account.status != AccountStatus.ACTIVE or not account.email:
+        if (
+            account is None or account.status != AccountStatus.ACTIVE or not account.email
+            or account.suspended_at is not None
+        ):
             return
         sms_row = _send_letter_code(
             app, session, account, kind=CodeKind.RECOVERY, purpose=Purpose.RECOVERY,
@@ -1384,7 +1419,7 @@ def finish_recovery(
     refusal = _refusal(sms_row, now, CODE_MAX_ATTEMPTS) or _refusal(
         mail_row, now, CODE_MAX_ATTEMPTS
     )
-    if refusal is None and status != AccountStatus.ACTIVE:
+    if refusal is None and (status != AccountStatus.ACTIVE or account.suspended_at is not None):
         refusal = "expired"
     if refusal is not None:
         _audit(session, settings, account, "account.recovery", f"failure:code_{refusal}")

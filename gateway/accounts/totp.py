@@ -193,6 +193,8 @@ def verify_totp(
     now = clock.now()
     if not has_totp(account) or account.status != AccountStatus.ACTIVE:
         return False
+    if account.suspended_at is not None:
+        return False
     if account.blocked_until is not None and account.blocked_until > now:
         return False
     assert account.totp_secret_sealed is not None

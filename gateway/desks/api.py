@@ -1,8 +1,8 @@
 """The desk JSON API under /desk/api (issue 4, item 4): find an application by desk code,
-record a document check, approve or reject, four-eyes requests and decisions, and the
-auditor's CSV export. Described by the OpenAPI 3.1 document at /desk/api/openapi.json
-(gateway.desks.openapi), which is built from the pydantic models below, so the document and
-the validation cannot drift apart.
+record a document check, approve or reject, four-eyes requests and decisions, suspending a
+citizen's account (gateway.desks.suspension), and the auditor's CSV export. Described by the
+OpenAPI 3.1 document at /desk/api/openapi.json (gateway.desks.openapi), which is built from
+the pydantic models below, so the document and the validation cannot drift apart.
 
 HTTP only: every decision is made by gateway.desks.service (ARCHITECTURE.md, habit 4).
 
@@ -28,8 +28,9 @@ from flask import Response, current_app, g, jsonify, request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from gateway import db
+from gateway.accounts.models import Account
 from gateway.app import get_policies, get_settings
-from gateway.desks import four_eyes, service
+from gateway.desks import four_eyes, service, suspension
 from gateway.desks.auth import _absolute, api_staff_required, current_staff
 from gateway.desks.blueprint import desk_api
 from gateway.desks.models import (
@@ -111,7 +112,8 @@ class RejectIn(_In):
 
 class FourEyesPayload(_In):
     """What the action needs: reissue_activation {delivery, letter_address for a letter};
-    change_phone {phone}; link_eidas {link_code}; unblock_account nothing."""
+    change_phone {phone}; link_eidas {link_code}; unblock_account and lift_suspension
+    nothing."""
 
     delivery: Literal["sms", "voice", "letter"] | None = None
     letter_address: list[Annotated[str, _text(60, 1)]] | None = Field(
@@ -138,6 +140,12 @@ class FourEyesIn(_In):
 
 class DecisionIn(_In):
     approve: bool
+
+
+class SuspendIn(_In):
+    """Why the account is suspended (what was reported, and by whom)."""
+
+    reason: Annotated[str, _text(500, 1)]
 
 
 # --- response bodies ------------------------------------------------------------------------
@@ -244,6 +252,13 @@ class FourEyesListOut(_Out):
     items: list[FourEyesOut]
 
 
+class SuspensionOut(_Out):
+    """A suspended account; lifting it is the four-eyes kind `lift_suspension`."""
+
+    account_ref: str = Field(description='"account:<id>", the object_ref of a lift request.')
+    suspended_at: datetime
+
+
 class FourEyesDecisionOut(_Out):
     id: str
     status: FourEyesStatus
@@ -265,7 +280,7 @@ class SinceParam(BaseModel):
 SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
     DocumentCheckIn, ApproveIn, RejectIn, FourEyesIn, DecisionIn,
     ApplicationOut, CheckOut, ApprovalOut, DecisionOut, FourEyesOut, FourEyesListOut,
-    FourEyesDecisionOut, EidasLinkOut,
+    FourEyesDecisionOut, EidasLinkOut, SuspendIn, SuspensionOut,
 )
 
 
@@ -356,6 +371,8 @@ STATUS_OF_CODE: dict[str, int] = {
     "already_linked": 409,
     "no_bsn": 409,
     "account_not_active": 409,
+    "already_suspended": 409,
+    "not_suspended": 409,
 }
 TITLES = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
           410: "Gone", 415: "Unsupported Media Type", 422: "Unprocessable Content",
@@ -535,6 +552,31 @@ def post_approve(application_id: str) -> Response:
         activation_code_expires_at=approval.expires_at, delivered=approval.delivered,
         letter_pdf=pdf_base64(approval.letter_pdf),
     ))
+
+
+@desk_api.post("/accounts/<account_id>/suspension")
+@api_staff_required(*PROCESSORS)
+def post_suspension(account_id: str) -> Response:
+    """Suspend an account at once (gateway.desks.suspension)."""
+    if not ID_RE.fullmatch(account_id):
+        return not_found()
+    try:
+        body = parse_body(SuspendIn)
+        s = db.session()
+        account = s.get(Account, account_id)
+        if account is None:
+            return not_found()
+        suspension.suspend_account(
+            s, get_settings(), current_app._get_current_object(),  # type: ignore[attr-defined]
+            current_staff(), account, body.reason,
+        )
+    except BadBody as exc:
+        return exc.response
+    except DeskError as exc:
+        return desk_error_problem(exc)
+    assert account.suspended_at is not None
+    return json_out(SuspensionOut(account_ref=f"account:{account.id}",
+                                  suspended_at=account.suspended_at))
 
 
 @desk_api.post("/applications/<application_id>/reject")

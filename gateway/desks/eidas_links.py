@@ -160,9 +160,10 @@ class EidasLinkCode(Base):
 
 
 def linked_account_id(db: Session, subject_key: str) -> str | None:
-    """The id of the account `subject_key` is linked to, when that account is active and not
-    blocked; None otherwise (not linked, or the account is closed or blocked: then the login
-    goes on as an eID login without an account, and so without a BSN).
+    """The id of the account `subject_key` is linked to, when that account is active, not
+    suspended and not blocked; None otherwise (not linked, or the account is closed, suspended
+    or blocked: then the login goes on as an eID login without an account, and so without a
+    BSN).
 
     One indexed look-up (the unique index on `subject_key`), made at every eIDAS login.
     """
@@ -174,6 +175,7 @@ def linked_account_id(db: Session, subject_key: str) -> str | None:
         .where(
             EidasLink.subject_key == subject_key,
             Account.status == AccountStatus.ACTIVE.value,
+            Account.suspended_at.is_(None),
         )
     ).one_or_none()
     if row is None:

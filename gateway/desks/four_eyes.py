@@ -11,6 +11,9 @@ decides; approval executes the action in the same transaction as the decision:
   `phone_change`, bound to "account:<id>", so the login flow can confirm it: until then
   `phone_verified_at` is empty), and the old number a notice, so a hijacked change is noticed;
 - `unblock_account`: clears `blocked_until` and `failed_logins`;
+- `lift_suspension`: clears a desk's suspension (gateway.desks.suspension) once the officer
+  has checked the holder's identity document; refused for an account that is not suspended,
+  at request and again at decision; the owner gets a notice by mail;
 - `link_eidas`: links a foreign eID to the account (issue 8, item 4): the payload names the
   link code the person got after logging in with the eID (gateway.desks.eidas_links); the
   request keeps only the code's row id, never the code; the officer has compared the identity
@@ -39,7 +42,7 @@ from sqlalchemy.orm import Session
 from gateway import clock
 from gateway.accounts.models import Account, AccountStatus
 from gateway.accounts.number_limit import NumberFull, check_room
-from gateway.desks import eidas_links
+from gateway.desks import eidas_links, suspension
 from gateway.desks.eidas_links import LinkError
 from gateway.desks.models import (
     Application,
@@ -175,7 +178,7 @@ def _check_payload(
         elif len(phone) > 48:
             raise _error("bad_payload", "phone")
         return {"phone": phone}
-    if kind is FourEyesKind.UNBLOCK_ACCOUNT:
+    if kind in (FourEyesKind.UNBLOCK_ACCOUNT, FourEyesKind.LIFT_SUSPENSION):
         if payload:
             raise _error("bad_payload", "payload")
         return {}
@@ -213,6 +216,7 @@ def request_four_eyes(
 
     Payloads: reissue_activation {"delivery": "sms"|"voice"|"letter", "letter_address":
     [lines] for a letter}; change_phone {"phone": "+..."}; unblock_account {};
+    lift_suspension {} (`not_suspended` for an account that is not suspended);
     link_eidas {"link_code": "K..."}. Pass `policies` to have a new phone number checked now
     (it is checked at the decision in any case). `settings` defaults to the current app's
     (for the audit chain).
@@ -240,6 +244,8 @@ def request_four_eyes(
         clean_payload = {"link_code_id": link.code_id}
     if action is FourEyesKind.CHANGE_PHONE and policies is not None:
         _check_room(session, policies, account, clean_payload["phone"])
+    if action is FourEyesKind.LIFT_SUSPENSION:
+        suspension.check_suspended(account)
     ref = f"account:{account.id}"
     pending = session.scalar(
         sa.select(FourEyesRequest.id).where(
@@ -301,7 +307,8 @@ def decide_four_eyes(
     """Approve (and execute) or refuse a pending request. Refusals, nothing written:
     `forbidden` (not a supervisor), `request_not_found`, `request_decided`, `other_desk`,
     `same_person`, `request_expired`, and the action's own (`code_used`, `already_linked`,
-    `no_bsn`, ..., `not_pending_activation`, `not_active`, `phone_unusable`, `same_phone`, ...)."""
+    `no_bsn`, ..., `not_pending_activation`, `not_active`, `phone_unusable`, `same_phone`,
+    `not_suspended`, ...)."""
     from gateway.app import get_policies
 
     if not isinstance(supervisor, StaffAccount) or not supervisor.active or (
@@ -364,6 +371,12 @@ def decide_four_eyes(
             object_ref=account_ref, outcome="success",
         )
         session.commit()
+        return FourEyesOutcome(request_id=request.id, status=request.status)
+
+    if kind is FourEyesKind.LIFT_SUSPENSION:
+        suspension.lift_suspension(session, settings, supervisor, account)
+        session.commit()
+        suspension.notify_lifted(session, app, account)
         return FourEyesOutcome(request_id=request.id, status=request.status)
 
     if kind is FourEyesKind.LINK_EIDAS:

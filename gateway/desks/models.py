@@ -97,6 +97,8 @@ class FourEyesKind(StrEnum):
     CHANGE_PHONE = "change_phone"
     UNBLOCK_ACCOUNT = "unblock_account"
     LINK_EIDAS = "link_eidas"
+    #: Lift a desk's suspension (gateway.desks.suspension) after an identity check.
+    LIFT_SUSPENSION = "lift_suspension"
 
 
 class FourEyesStatus(StrEnum):

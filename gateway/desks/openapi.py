@@ -176,6 +176,20 @@ def _paths() -> dict[str, Any]:
                 },
             },
         },
+        "/accounts/{account_id}/suspension": {
+            "post": {
+                "operationId": "suspendAccount",
+                "summary": "Suspend an active account at once on suspected misuse (lifting it"
+                           " is the four-eyes kind lift_suspension).",
+                "parameters": [{"name": "account_id", **_ID_PARAM}],
+                "requestBody": _body(api.SuspendIn),
+                "responses": {
+                    "200": _json("Suspended: sessions ended, tokens and codes void.",
+                                 api.SuspensionOut),
+                    **_errors("404", "409", *_BODY_ERRORS),
+                },
+            },
+        },
         "/audit.csv": {
             "get": {
                 "operationId": "exportAudit",
@@ -195,7 +209,8 @@ def _paths() -> dict[str, Any]:
 
 
 def _schemas() -> dict[str, Any]:
-    inputs = (api.DocumentCheckIn, api.ApproveIn, api.RejectIn, api.FourEyesIn, api.DecisionIn)
+    inputs = (api.DocumentCheckIn, api.ApproveIn, api.RejectIn, api.FourEyesIn, api.DecisionIn,
+              api.SuspendIn)
     outputs = tuple(m for m in api.SCHEMA_MODELS if m not in inputs)
     _, top = models_json_schema(
         [*((m, "validation") for m in inputs), *((m, "serialization") for m in outputs)],
@@ -220,9 +235,9 @@ def _document() -> dict[str, Any]:
             "version": API_VERSION,
             "description": (
                 "Desk staff find applications by desk code, record document checks, approve "
-                "or reject, and ask for and decide four-eyes requests; auditors export their "
-                "desk's audit trail. Log in with POST /session for a bearer token. Errors are "
-                "RFC 9457 problem details."
+                "or reject, suspend an account, and ask for and decide four-eyes requests; "
+                "auditors export their desk's audit trail. Log in with POST /session for a "
+                "bearer token. Errors are RFC 9457 problem details."
             ),
             "license": {"name": "EUPL-1.2", "identifier": "EUPL-1.2"},
         },

@@ -62,6 +62,7 @@ FOUR_EYES_KINDS = {
     FourEyesKind.REISSUE_ACTIVATION.value: lazy_gettext("Reissue the activation code"),
     FourEyesKind.CHANGE_PHONE.value: lazy_gettext("Change the phone number"),
     FourEyesKind.UNBLOCK_ACCOUNT.value: lazy_gettext("Unblock the account"),
+    FourEyesKind.LIFT_SUSPENSION.value: lazy_gettext("Lift the suspension of the account"),
 }
 #: How the four-eyes list names every kind; link_eidas is requested on its own page
 #: (gateway.desks.eidas_link_desk), where the eID is compared with the document first.

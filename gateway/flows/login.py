@@ -756,7 +756,8 @@ def reuse_at_once(
     conn = db.connection()
     now = clock.now()
     policy = policies.accounts.session
-    # A row with the session's columns and its account's status and blocked_until: it
+    # A row with the session's columns and its account's status, blocked_until and
+    # suspended_at: it
     # answers the same attribute reads as the ORM objects the helpers below take.
     row: Any = take.execute(conn, {
         "sso_id": sso.token_id(settings, token), "now": now,
@@ -824,7 +825,8 @@ def _reuse_statements() -> tuple[Prepared, Prepared]:
         )
         .values(last_seen_at=sa.bindparam("now", type_=UTCDateTime()))
         .returning(*sessions_t.c, of_account(accounts_t.c.status),
-                   of_account(accounts_t.c.blocked_until))
+                   of_account(accounts_t.c.blocked_until),
+                   of_account(accounts_t.c.suspended_at))
     )
     remember = (
         sa.update(sessions_t)

@@ -56,7 +56,7 @@ class EndReason(StrEnum):
     ABSOLUTE = "absolute"
     #: Another person logged in in the same browser.
     REPLACED = "replaced"
-    #: Password changed or recovered, account blocked, deactivated or expired.
+    #: Password changed or recovered, account blocked, suspended, deactivated or expired.
     ACCOUNT = "account"
 
 
@@ -130,6 +130,8 @@ def expiry_reason(row: SsoSession, policy: SessionPolicy, now: datetime) -> EndR
 
 def _account_usable(account: Account | None, now: datetime) -> bool:
     if account is None or account.status != AccountStatus.ACTIVE.value:
+        return False
+    if account.suspended_at is not None:  # suspended by a desk (gateway.desks.suspension)
         return False
     return account.blocked_until is None or account.blocked_until <= now
 

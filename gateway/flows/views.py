@@ -197,11 +197,14 @@ def _use_rp_language(flow: LoginFlow) -> None:
 
 
 def _account(flow: LoginFlow) -> Account | None:
-    """The flow's account while it may still log in (not blocked, deactivated or expired)."""
+    """The flow's account while it may still log in (not blocked, suspended, deactivated or
+    expired)."""
     if flow.account_id is None:
         return None
     account = accounts.read_account(db.session(), flow.account_id)
     if account is None or account.status != AccountStatus.ACTIVE.value:
+        return None
+    if account.suspended_at is not None:
         return None
     if account.blocked_until is not None and account.blocked_until > clock.now():
         return None
@@ -419,6 +422,8 @@ def password(flow_id: str) -> Any:
     except accounts.AccountBlocked as exc:
         return _page("blocked.html", current, username=username[:64], until=exc.until,
                      message=exc.message)
+    except accounts.AccountSuspended as exc:
+        return _page("suspended.html", current, message=exc.message)
     except accounts.TooManyAttempts as exc:
         page = _page("password.html", current, 429, username=username[:64],
                      errors={"username": exc.message})

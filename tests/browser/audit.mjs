@@ -137,6 +137,9 @@ async function citizen(browser) {
   await submitAndAudit(page, "login-errors", "/password");
   await submitAndAudit(page, "login-blocked", "/password",
                        { username: c.blocked_username, password: c.password });
+  await page.goto(withLang("/account"));
+  await submitAndAudit(page, "login-suspended", "/password",
+                       { username: c.suspended_username, password: c.password });
 
   // Log in at basis, then step up: the second-factor choice and the code page.
   await page.goto(withLang("/account"));
@@ -187,6 +190,8 @@ async function desk(browser) {
   await visit(page, "desk-four-eyes", "/desk/four-eyes");
   await visit(page, "desk-four-eyes-new", "/desk/four-eyes/new");
   await submitAndAudit(page, "desk-four-eyes-errors", "/desk/four-eyes/new");
+  await visit(page, "desk-suspend", "/desk/suspend");
+  await submitAndAudit(page, "desk-suspend-errors", "/desk/suspend");
   await visit(page, "desk-password", "/desk/password");
   await context.close();
 

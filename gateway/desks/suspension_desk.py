@@ -1,0 +1,102 @@
+"""The desk's page for suspending a citizen's account on suspected misuse: /desk/suspend.
+
+An officer or a supervisor types the account's username (as the holder, or the person who
+reports the misuse, tells it), the holder's date of birth and a reason; the account is
+suspended at once (gateway.desks.suspension has the rules and what a suspension ends).
+Lifting it is a four-eyes request (`lift_suspension`) on the four-eyes page.
+
+The date of birth must match the account's: a username mistyped or misheard on the phone
+would otherwise suspend a stranger's account, whose holder abroad could then log in again
+only after a desk visit.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from typing import Any
+
+from flask import current_app, redirect, render_template, request, url_for
+
+from gateway import db
+from gateway.accounts.models import Account
+from gateway.app import get_settings
+from gateway.desks import suspension
+from gateway.desks.auth import current_staff, staff_required
+from gateway.desks.blueprint import desk, nav_item
+from gateway.desks.models import StaffRole
+from gateway.desks.service import DeskError
+from gateway.i18n import gettext, lazy_gettext
+
+PROCESSORS = (StaffRole.OFFICER.value, StaffRole.SUPERVISOR.value)
+FIELDS = ("username", "birth_date", "reason")
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+#: Longest value read from a form field; the service sets the real limits.
+MAX_FIELD_CHARS = 1000
+NOTICES = {
+    "suspended": lazy_gettext(
+        "The account has been suspended. Its sessions have ended and its holder has been"
+        " told by e-mail. To lift the suspension, make a four-eyes request."
+    ),
+}
+
+
+def _field(name: str) -> str:
+    value = request.form.get(name, "")
+    return value[:MAX_FIELD_CHARS] if isinstance(value, str) else ""
+
+
+def _birth_date(value: str) -> date | None:
+    """The date typed as YYYY-MM-DD, or None."""
+    value = value.strip()
+    if not _ISO_DATE.fullmatch(value):
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def _render(status: int = 200, **context: Any) -> tuple[str, int]:
+    context.setdefault("errors", {})
+    context.setdefault("values", {})
+    key = request.args.get("notice", "")
+    context.setdefault("notice", NOTICES.get(key) if isinstance(key, str) else None)
+    return render_template("desk/suspend.html", **context), status
+
+
+@desk.route("/suspend", methods=["GET", "POST"])
+@staff_required(*PROCESSORS)
+def suspend() -> Any:
+    if request.method == "GET":
+        return _render()
+    from gateway.desks.views import _account_id
+
+    values = {name: _field(name) for name in FIELDS}
+    s = db.session()
+    account_id = _account_id(values["username"])
+    account = s.get(Account, account_id) if account_id is not None else None
+    if account is None:
+        return _render(422, values=values, notice=None, errors={"username": gettext(
+            "No account has this username. Check the spelling with the account holder.")})
+    born = _birth_date(values["birth_date"])
+    if born is None:
+        return _render(422, values=values, notice=None, errors={"birth_date": gettext(
+            "Type the date of birth as year-month-day, for example 1980-03-25.")})
+    if born != account.birth_date:
+        return _render(422, values=values, notice=None, errors={"birth_date": gettext(
+            "This date of birth does not match the account with this username. Check both"
+            " with the account holder.")})
+    try:
+        suspension.suspend_account(
+            s, get_settings(), current_app._get_current_object(),  # type: ignore[attr-defined]
+            current_staff(), account, values["reason"],
+        )
+    except DeskError as exc:
+        s.rollback()
+        field = exc.field if exc.field in FIELDS else "username"
+        return _render(422, values=values, notice=None, errors={field: str(exc.message)})
+    return redirect(url_for("desk.suspend", notice="suspended"))
+
+
+nav_item("desk.suspend", lazy_gettext("Suspend an account"), *PROCESSORS)
