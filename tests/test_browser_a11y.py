@@ -68,6 +68,8 @@ DESK_PAGES = {
     "desk-check-result": 200, "desk-approved": 200, "desk-four-eyes": 200,
     "desk-four-eyes-new": 200, "desk-four-eyes-errors": 422, "desk-password": 200,
     "desk-audit": 200, "desk-suspend": 200, "desk-suspend-errors": 422,
+    "desk-eidas-unlink": 200, "desk-eidas-unlink-errors": 422, "desk-eidas-unlink-links": 200,
+    "desk-eidas-unlink-links-errors": 422, "desk-eidas-unlink-removed": 200,
 }
 
 
@@ -127,6 +129,43 @@ def live_app(make_app: Callable[..., Flask]) -> Iterator[tuple[Flask, str]]:
         thread.join(timeout=10)
 
 
+def _seed_link(app: Flask, officer_id: str, supervisor_id: str) -> dict[str, str]:
+    """An account with a European eID linked the four-eyes way, for /desk/eidas-unlink."""
+    from gateway.app import get_policies
+    from gateway.desks import eidas_links, four_eyes
+    from gateway.desks.models import StaffAccount
+
+    account_id = make_account(app, "eva.linked")
+    with app.app_context():
+        s = get_db(app).sessionmaker()
+        try:
+            account = s.get(Account, account_id)
+            assert account is not None
+            account.bsn = "111222333"  # not the seeded application's BSN
+            s.commit()
+            settings = get_settings(app)
+            issued = eidas_links.issue_link_code(
+                s, settings, subject_key="eidas:" + "ab" * 32,
+                attributes={"given_name": "Eva", "family_name": "Müller",
+                            "birthdate": account.birth_date.isoformat(), "country": "DE"})
+            s.commit()
+            officer, supervisor = s.get(StaffAccount, officer_id), s.get(StaffAccount,
+                                                                          supervisor_id)
+            assert officer is not None and supervisor is not None
+            request = four_eyes.request_four_eyes(
+                s, staff=officer, kind="link_eidas", object_ref=f"account:{account_id}",
+                payload={"link_code": issued.code}, reason="German identity card checked",
+                settings=settings, policies=get_policies(app))
+            four_eyes.decide_four_eyes(s, settings, app, supervisor=supervisor,
+                                       request_id=request.id, approve=True)
+            link_id = eidas_links.links_of(s, account_id)[0].id
+            birth_date = account.birth_date.isoformat()
+        finally:
+            s.close()
+    return {"username": "eva.linked", "birth_date": birth_date, "link": link_id,
+            "reason": "Linked to the wrong account at the desk"}
+
+
 def _seed(app: Flask, language: str) -> dict[str, Any]:
     """Accounts, staff and an application for the walk; returns what the script needs."""
     make_account(app, "jan.jansen", phone=MOBILE, totp_secret="JBSWY3DPEHPK3PXP")
@@ -142,6 +181,8 @@ def _seed(app: Flask, language: str) -> dict[str, Any]:
         account.suspended_at = clock.now()
     officer = make_staff(app, "o.officer")
     auditor = make_staff(app, "a.auditor", role="auditor")
+    supervisor = make_staff(app, "s.supervisor", role="supervisor")
+    unlink = _seed_link(app, officer.id, supervisor.id)
     _, desk_code = make_application(app)
     expiry = clock.now().date() + timedelta(days=3 * 365)
     return {
@@ -162,6 +203,7 @@ def _seed(app: Flask, language: str) -> dict[str, Any]:
             "auditor": {"username": auditor.username, "password": auditor.password,
                         "secret": auditor.secret},
             "desk_code": desk_code,
+            "unlink": unlink,
             "check": {"document_type": "passport", "issuing_country": "NLD",
                       "document_number": DOC_NUMBER, "expiry": expiry.isoformat(),
                       "mrz": "\n".join(td3_mrz(expiry=expiry))},

@@ -6,6 +6,8 @@ history and mails, the refusals, and the desk page /desk/suspend."""
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -27,7 +29,7 @@ from gateway.app import get_policies, get_settings
 from gateway.audit import AuditEntry
 from gateway.db import get_db
 from gateway.desks import four_eyes, suspension
-from gateway.desks.models import FourEyesRequest, StaffAccount
+from gateway.desks.models import DeskActionReason, FourEyesRequest, StaffAccount
 from gateway.desks.service import DeskError
 from gateway.flows.sessions import SsoSession
 from tests.oidc_helpers import add_client, basic
@@ -171,7 +173,12 @@ def test_suspension_ends_sessions_tokens_and_codes_and_is_recorded(
     desk.suspend(account_id)
 
     account = desk.account(account_id)
-    assert account.suspended_at is not None and account.suspension_reason == REASON
+    assert account.suspended_at is not None
+    [(action, staff_actor, reason)] = s.execute(
+        sa.select(AuditEntry.action, AuditEntry.actor, DeskActionReason.reason)
+        .join(DeskActionReason, DeskActionReason.audit_seq == AuditEntry.seq)
+        .where(AuditEntry.object_ref == f"account:{account_id}")).all()
+    assert action == "account.suspended" and reason == REASON and staff_actor
     open_sessions = s.scalars(sa.select(SsoSession).where(
         SsoSession.account_id == account_id, SsoSession.ended_at.is_(None))).all()
     s.commit()
@@ -575,3 +582,20 @@ def test_the_api_suspends_and_lifts_through_four_eyes(app: Flask, s: Session, de
         "kind": "lift_suspension", "object_ref": f"account:{account_id}", "payload": {},
         "reason": "Passport checked"})
     assert refused.status_code == 409 and refused.get_json()["code"] == "not_suspended"
+
+
+def test_the_auditor_sees_the_reason_on_the_page_and_in_the_export(
+    app: Flask, s: Session, desk: Desk
+) -> None:
+    account_id = make_account(app, KNOWN)
+    desk.suspend(account_id)
+    auditor = app.test_client()
+    web_login(auditor, desk.auditor_web)
+    page = auditor.get("/desk/audit?lang=en").get_data(as_text=True)
+    assert "account.suspended" in page and REASON in page
+    export = auditor.get("/desk/audit.csv").get_data(as_text=True)
+    rows = list(csv.reader(io.StringIO(export)))
+    assert rows[0][-1] == "reason"
+    [row] = [r for r in rows[1:] if r[5] == "account.suspended"]
+    assert row[-1] == REASON
+    assert all(r[-1] == "" for r in rows[1:] if r[5] != "account.suspended")

@@ -83,8 +83,6 @@ class Account(Base):
     #: Suspended by a desk on suspected misuse (gateway.desks.suspension): no login, no
     #: unblock or recovery code until a four-eyes `lift_suspension` clears it.
     suspended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    #: The desk's reason for the latest suspension (kept after lifting, for the record).
-    suspension_reason: Mapped[str | None] = mapped_column(sa.String(500))
 
 
 class AccountCodeKind(StrEnum):

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from io import BytesIO
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from flask import Flask
@@ -81,6 +81,10 @@ from gateway.sms.phone import Phone, PhoneRejected, parse_phone
 from gateway.sms.purposes import Purpose
 from gateway.sms.service import get_sms_service
 from gateway.store import StoreUnavailable, get_store
+
+if TYPE_CHECKING:
+    from gateway.desks.eidas_links import EidasLink
+    from gateway.desks.models import StaffAccount
 
 log = logging.getLogger(__name__)
 
@@ -674,23 +678,54 @@ def remove_eid_link(
     session: Session, settings: Settings, app: Flask, account: Account, link_id: str
 ) -> bool:
     """Remove a European eID linked to the account (the caller re-authenticated the owner at
-    midden). Ends the SSO sessions that eID logged in to the account with (they carry the
-    account and its BSN), records `eid_unlinked`, an audit entry and mails a notice. False
-    when the account has no such link (another account's, or removed already). Commits."""
+    midden): `unlink_eid` with the owner as the actor. False when the account has no such
+    link (another account's, or removed already). Commits."""
+    return unlink_eid(session, settings, app, account, link_id) is not None
+
+
+def unlink_eid(
+    session: Session,
+    settings: Settings,
+    app: Flask,
+    account: Account,
+    link_id: str,
+    *,
+    staff: StaffAccount | None = None,
+    reason: str | None = None,
+) -> EidasLink | None:
+    """Remove one of the account's European eID links: the one removal both the owner (My
+    account, `staff` None) and a desk (`staff`, gateway.desks.eidas_unlink_desk) make. Ends
+    the SSO sessions that eID logged in to the account with (they carry the account and its
+    BSN), records `eid_unlinked`, an audit entry and mails a notice. The audit entry names
+    the owner (`account.eid_unlink`) or the staff member and their desk
+    (`account.eid_unlinked`, with the desk's `reason` beside it); the history marks a desk's
+    removal with route "desk".
+
+    The link removed, or None when the account has no link with this id (another account's,
+    or removed already): then nothing is written. Commits.
+    """
     from gateway.desks.eidas_links import remove_link
 
-    link = remove_link(session, account.id, link_id) if 0 < len(link_id) <= 36 else None
+    valid_id = isinstance(link_id, str) and 0 < len(link_id) <= 36
+    link = remove_link(session, account.id, link_id) if valid_id else None
     if link is None:
         session.rollback()
-        return False
+        return None
     sso.end_all_sessions(session, account.id, subject_key=link.subject_key)
     now = clock.now()
-    record_event(session, account.id, EventKind.EID_UNLINKED, at=now, route="eidas")
-    _audit(session, settings, account, "account.eid_unlink", "success")
+    record_event(session, account.id, EventKind.EID_UNLINKED, at=now,
+                 route="eidas" if staff is None else "desk")
+    if staff is None:
+        _audit(session, settings, account, "account.eid_unlink", "success")
+    else:
+        from gateway.desks.service import audit_record
+
+        audit_record(session, settings, staff=staff, action="account.eid_unlinked",
+                     object_ref=f"account:{account.id}", outcome="success", reason=reason)
     session.commit()
     notify(app, account.email, "notice_eid_unlinked", account.language,
-           username=account.username, when=_when(now))
-    return True
+           username=account.username, when=_when(now), by_desk=staff is not None)
+    return link
 
 
 # --- deactivation ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The desk JSON API under /desk/api (issue 4, item 4): find an application by desk code,
 record a document check, approve or reject, four-eyes requests and decisions, suspending a
-citizen's account (gateway.desks.suspension), and the auditor's CSV export. Described by the
+citizen's account (gateway.desks.suspension), removing a European eID link made in error
+(gateway.desks.eidas_links.unlink_at_desk), and the auditor's CSV export. Described by the
 OpenAPI 3.1 document at /desk/api/openapi.json (gateway.desks.openapi), which is built from
 the pydantic models below, so the document and the validation cannot drift apart.
 
@@ -30,7 +31,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from gateway import db
 from gateway.accounts.models import Account
 from gateway.app import get_policies, get_settings
-from gateway.desks import four_eyes, service, suspension
+from gateway.desks import eidas_links, four_eyes, service, suspension
 from gateway.desks.auth import _absolute, api_staff_required, current_staff
 from gateway.desks.blueprint import desk_api
 from gateway.desks.models import (
@@ -148,6 +149,12 @@ class SuspendIn(_In):
     reason: Annotated[str, _text(500, 1)]
 
 
+class UnlinkIn(_In):
+    """Why a European eID link is removed (why it is wrong, and who reported it)."""
+
+    reason: Annotated[str, _text(500, 1)]
+
+
 # --- response bodies ------------------------------------------------------------------------
 
 
@@ -259,6 +266,13 @@ class SuspensionOut(_Out):
     suspended_at: datetime
 
 
+class UnlinkOut(_Out):
+    """A European eID link removed by a desk (gateway.desks.eidas_links.unlink_at_desk)."""
+
+    account_ref: str = Field(description='"account:<id>".')
+    link_id: str
+
+
 class FourEyesDecisionOut(_Out):
     id: str
     status: FourEyesStatus
@@ -280,7 +294,7 @@ class SinceParam(BaseModel):
 SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
     DocumentCheckIn, ApproveIn, RejectIn, FourEyesIn, DecisionIn,
     ApplicationOut, CheckOut, ApprovalOut, DecisionOut, FourEyesOut, FourEyesListOut,
-    FourEyesDecisionOut, EidasLinkOut, SuspendIn, SuspensionOut,
+    FourEyesDecisionOut, EidasLinkOut, SuspendIn, SuspensionOut, UnlinkIn, UnlinkOut,
 )
 
 
@@ -373,6 +387,7 @@ STATUS_OF_CODE: dict[str, int] = {
     "account_not_active": 409,
     "already_suspended": 409,
     "not_suspended": 409,
+    "no_such_link": 404,
 }
 TITLES = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
           410: "Gone", 415: "Unsupported Media Type", 422: "Unprocessable Content",
@@ -577,6 +592,29 @@ def post_suspension(account_id: str) -> Response:
     assert account.suspended_at is not None
     return json_out(SuspensionOut(account_ref=f"account:{account.id}",
                                   suspended_at=account.suspended_at))
+
+
+@desk_api.delete("/accounts/<account_id>/eidas-links/<link_id>")
+@api_staff_required(*PROCESSORS)
+def delete_eidas_link(account_id: str, link_id: str) -> Response:
+    """Remove a European eID link made in error, at once (gateway.desks.eidas_links)."""
+    if not ID_RE.fullmatch(account_id):
+        return not_found()
+    try:
+        body = parse_body(UnlinkIn)
+        s = db.session()
+        account = s.get(Account, account_id)
+        if account is None:
+            return not_found()
+        eidas_links.unlink_at_desk(
+            s, get_settings(), current_app._get_current_object(),  # type: ignore[attr-defined]
+            current_staff(), account, link_id, body.reason,
+        )
+    except BadBody as exc:
+        return exc.response
+    except DeskError as exc:
+        return desk_error_problem(exc)
+    return json_out(UnlinkOut(account_ref=f"account:{account_id}", link_id=link_id))
 
 
 @desk_api.post("/applications/<application_id>/reject")

@@ -15,7 +15,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, Flask
+from flask import Blueprint, Flask, request
 
 from gateway.web import csrf_exempt
 
@@ -25,9 +25,20 @@ VIEW_MODULES: tuple[str, ...] = (
     "gateway.desks.views",
     "gateway.desks.eidas_link_desk",
     "gateway.desks.suspension_desk",
+    "gateway.desks.eidas_unlink_desk",
     "gateway.desks.api",
     "gateway.desks.openapi",
 )
+
+#: Longest value read from a field of a desk page's form; the services set the real limits.
+MAX_FIELD_CHARS = 1000
+
+
+def form_field(name: str) -> str:
+    """A text field of the desk page's form, cut at MAX_FIELD_CHARS ("" when absent)."""
+    value = request.form.get(name, "")
+    return value[:MAX_FIELD_CHARS] if isinstance(value, str) else ""
+
 
 desk = Blueprint("desk", __name__, url_prefix="/desk")
 #: Bearer tokens are never sent by a browser on its own, so the API needs no CSRF token.

@@ -26,7 +26,7 @@ from gateway.accounts.models import Account
 from gateway.app import get_policies, get_settings
 from gateway.desks import eidas_links, four_eyes
 from gateway.desks.auth import current_staff, staff_required
-from gateway.desks.blueprint import desk, nav_item
+from gateway.desks.blueprint import desk, form_field, nav_item
 from gateway.desks.eidas_links import LinkError, PendingLink
 from gateway.desks.models import FourEyesKind, FourEyesRequest, StaffRole
 from gateway.desks.service import DeskError
@@ -34,13 +34,7 @@ from gateway.i18n import gettext, lazy_gettext
 
 PROCESSORS = (StaffRole.OFFICER.value, StaffRole.SUPERVISOR.value)
 FIELDS = ("username", "link_code", "document_checked", "reason")
-#: Longest value read from a form field; the services set the real limits.
-MAX_FIELD_CHARS = 1000
 
-
-def _field(name: str) -> str:
-    value = request.form.get(name, "")
-    return value[:MAX_FIELD_CHARS] if isinstance(value, str) else ""
 
 
 def _render(status: int = 200, **context: Any) -> tuple[str, int]:
@@ -58,8 +52,8 @@ def eidas_link() -> Any:
         return _render()
     from gateway.desks.views import _account_id
 
-    values = {name: _field(name) for name in FIELDS}
-    step = _field("step")
+    values = {name: form_field(name) for name in FIELDS}
+    step = form_field("step")
     s = db.session()
     account_id = _account_id(values["username"])
     account = s.get(Account, account_id) if account_id is not None else None

@@ -29,7 +29,13 @@ Member States to recognise each other's eIDs at "substantial" and "high" only, a
 later eID logins carry a BSN; a "low" eID is not enough to ask for one.
 
 Functions take the caller's SQLAlchemy session, flush but never commit (the caller commits:
-the view for a code, gateway.desks.four_eyes for a link).
+the view for a code, gateway.desks.four_eyes for a link), except `unlink_at_desk`.
+
+Removing a link: the owner, from "My account" (gateway.accounts.selfservice.unlink_eid), or
+a desk, at once and without four eyes, when a link was made to the wrong account
+(`unlink_at_desk`, the page gateway.desks.eidas_unlink_desk): until then the eID's holder
+gets that account's BSN at every relying party. Both make the same removal; only the audit
+entry differs (the owner, or the staff member and their desk).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -55,6 +61,11 @@ from gateway.desks.codes import ALPHABET, BODY_LENGTH, CODE_LENGTH, normalise_co
 from gateway.i18n import lazy_gettext
 from gateway.levels import Level
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from gateway.desks.models import StaffAccount
 
 #: First letter of a link code ("koppelcode"); no other code kind uses it.
 LINK_CODE_PREFIX = "K"
@@ -109,6 +120,11 @@ LINK_MESSAGES: dict[str, Any] = {
     "level_too_low": lazy_gettext(
         "Your eID login was below the level needed to link it (substantial or high). Log in"
         " with an eID at level substantial or high."
+    ),
+    "choose_link": lazy_gettext("Choose the link to remove."),
+    "no_such_link": lazy_gettext(
+        "This account has no such European eID link (it may have been removed already)."
+        " Choose one of the links listed."
     ),
 }
 
@@ -465,6 +481,82 @@ def execute_link(
     from gateway.flows.sessions import end_subject_sessions
 
     end_subject_sessions(db, row.subject_key)
+    return link
+
+
+@dataclass(frozen=True)
+class LinkShown:
+    """A link as the desk sees it before removing it: when it was made, by which
+    supervisor's approval, and the eID's identity as the desk saw it then (from the link
+    code of the four-eyes request; None once that code row has been purged)."""
+
+    id: str
+    linked_at: datetime
+    approved_by: str | None
+    identity: PendingLink | None
+
+
+def links_shown(db: Session, settings: Settings, account: Account) -> list[LinkShown]:
+    """The account's links, oldest first, with what the desk may see of each. Writes
+    nothing."""
+    from gateway.desks.models import FourEyesRequest, StaffAccount
+
+    shown = []
+    for link in links_of(db, account.id):
+        supervisor = db.get(StaffAccount, link.linked_by)
+        request = db.get(FourEyesRequest, link.request_id)
+        code_id = (request.payload or {}).get("link_code_id") if request is not None else None
+        identity = (pending_link_by_id(db, settings, code_id, account)
+                    if isinstance(code_id, str) else None)
+        shown.append(LinkShown(
+            id=link.id, linked_at=link.linked_at,
+            approved_by=supervisor.username if supervisor is not None else None,
+            identity=identity,
+        ))
+    return shown
+
+
+def unlink_at_desk(
+    db: Session,
+    settings: Settings,
+    app: Flask,
+    staff: StaffAccount,
+    account: Account,
+    link_id: str,
+    reason: str,
+) -> EidasLink:
+    """A desk removes a link made in error (officers and supervisors, no four eyes: removing
+    a link only takes access away, like a suspension). The removal itself is the owner's
+    (gateway.accounts.selfservice.unlink_eid), with the staff member in the audit entry.
+    The reason is checked like a four-eyes or suspension reason and kept beside the audit
+    entry (`DeskActionReason`). Commits.
+
+    Refusals (DeskError, nothing written): `forbidden`, `bad_reason`, `choose_link`,
+    `no_such_link` (also for another account's link: nothing of it is shown).
+    """
+    from gateway.accounts.selfservice import unlink_eid
+    from gateway.desks.service import (
+        MAX_ID_CHARS,
+        MAX_REASON_CHARS,
+        PROCESSING_ROLES,
+        DeskError,
+        _clean_text,
+        error,
+        require_role,
+    )
+
+    require_role(staff, PROCESSING_ROLES)
+    text = _clean_text(reason, limit=MAX_REASON_CHARS)
+    if text is None:
+        raise error("bad_reason", "reason")
+    if not isinstance(link_id, str) or not link_id.strip():
+        raise DeskError("choose_link", LINK_MESSAGES["choose_link"], "link")
+    link = None
+    if len(link_id) <= MAX_ID_CHARS:
+        link = unlink_eid(db, settings, app, account, link_id, staff=staff, reason=text)
+    if link is None:
+        db.rollback()
+        raise DeskError("no_such_link", LINK_MESSAGES["no_such_link"], "link")
     return link
 
 

@@ -107,6 +107,24 @@ class FourEyesStatus(StrEnum):
     REFUSED = "refused"
 
 
+class DeskActionReason(Base):
+    """Why a desk member took an action that needs no second person (suspending an account,
+    removing a European eID link; gateway.desks.suspension, gateway.desks.eidas_links).
+
+    Free text, so it is kept beside the audit log rather than in it: an entry of the hash
+    chain can never be changed or erased, and a reason may name a person. `audit_seq` is the
+    entry that says who did what to which object, and when; the reason, at most 500
+    characters, was checked like a four-eyes request's.
+    """
+
+    __tablename__ = "desk_action_reasons"
+
+    audit_seq: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("audit_log.seq"), primary_key=True, autoincrement=False
+    )
+    reason: Mapped[str] = mapped_column(sa.String(500))
+
+
 class FourEyesRequest(Base):
     __tablename__ = "four_eyes_requests"
 

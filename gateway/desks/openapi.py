@@ -190,6 +190,20 @@ def _paths() -> dict[str, Any]:
                 },
             },
         },
+        "/accounts/{account_id}/eidas-links/{link_id}": {
+            "delete": {
+                "operationId": "removeEidasLink",
+                "summary": "Remove a European eID link made in error, at once (the eID's"
+                           " sessions with the account end; the holder is mailed).",
+                "parameters": [{"name": "account_id", **_ID_PARAM},
+                               {"name": "link_id", **_ID_PARAM}],
+                "requestBody": _body(api.UnlinkIn),
+                "responses": {
+                    "200": _json("Removed.", api.UnlinkOut),
+                    **_errors("404", *_BODY_ERRORS),
+                },
+            },
+        },
         "/audit.csv": {
             "get": {
                 "operationId": "exportAudit",
@@ -210,7 +224,7 @@ def _paths() -> dict[str, Any]:
 
 def _schemas() -> dict[str, Any]:
     inputs = (api.DocumentCheckIn, api.ApproveIn, api.RejectIn, api.FourEyesIn, api.DecisionIn,
-              api.SuspendIn)
+              api.SuspendIn, api.UnlinkIn)
     outputs = tuple(m for m in api.SCHEMA_MODELS if m not in inputs)
     _, top = models_json_schema(
         [*((m, "validation") for m in inputs), *((m, "serialization") for m in outputs)],

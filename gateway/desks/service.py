@@ -277,12 +277,15 @@ def audit_record(
     action: str,
     object_ref: str | None,
     outcome: str,
+    reason: str | None = None,
 ) -> None:
-    """One audit entry in the caller's transaction, with the officer's desk and the request id."""
+    """One audit entry in the caller's transaction, with the officer's desk and the request id;
+    with `reason` (already checked), the reason beside it (`DeskActionReason`)."""
+    from gateway.desks.models import DeskActionReason
     from gateway.desks.staff import audit_actor
     from gateway.web.logs import request_id
 
-    audit.record(
+    entry = audit.record(
         session,
         actor=audit_actor(staff) if staff is not None else SYSTEM_ACTOR,
         role=staff.role if staff is not None else SYSTEM_ROLE,
@@ -293,6 +296,8 @@ def audit_record(
         request_id=request_id(),
         settings=settings,
     )
+    if reason is not None:
+        session.add(DeskActionReason(audit_seq=entry.seq, reason=reason))
 
 
 def application_ref(application: Application) -> str:
@@ -875,6 +880,7 @@ def reject(
 
 EXPORT_COLUMNS = (
     "seq", "at", "actor", "role", "desk", "action", "object", "outcome", "request_id",
+    "reason",
 )
 #: OWASP "CSV injection": a spreadsheet runs a cell that starts with one of these as a formula.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -919,6 +925,34 @@ def list_audit(
     return list(session.scalars(stmt))
 
 
+def action_reasons(session: Session, seqs: Iterable[int]) -> dict[int, str]:
+    """The reasons kept beside these audit entries (`DeskActionReason`), by entry seq."""
+    from gateway.desks.models import DeskActionReason
+
+    wanted = list(seqs)
+    if not wanted:
+        return {}
+    rows = session.execute(
+        sa.select(DeskActionReason.audit_seq, DeskActionReason.reason)
+        .where(DeskActionReason.audit_seq.in_(wanted))
+    )
+    return {int(seq): str(reason) for seq, reason in rows.tuples()}
+
+
+def _desk_reasons(session: Session, desk: str, since: datetime | None) -> dict[int, str]:
+    """Every reason kept beside the desk's audit entries (from `since`), by entry seq."""
+    from gateway.desks.models import DeskActionReason
+
+    stmt = (
+        sa.select(DeskActionReason.audit_seq, DeskActionReason.reason)
+        .join(audit.AuditEntry, audit.AuditEntry.seq == DeskActionReason.audit_seq)
+        .where(audit.AuditEntry.desk == desk)
+    )
+    if since is not None:
+        stmt = stmt.where(audit.AuditEntry.at >= since)
+    return {int(seq): str(reason) for seq, reason in session.execute(stmt).tuples()}
+
+
 def export_audit_csv(
     session: Session,
     *,
@@ -933,6 +967,8 @@ def export_audit_csv(
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(EXPORT_COLUMNS)
+    # Read before the entries are streamed: few entries have a reason.
+    reasons = _desk_reasons(session, desk, start)
     for n, entry in enumerate(audit.iter_entries(session, desk=desk, since=start)):
         if n >= MAX_EXPORT_ROWS:
             break
@@ -941,7 +977,7 @@ def export_audit_csv(
             for v in (
                 entry.seq, entry.at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 entry.actor, entry.role, entry.desk, entry.action, entry.object_ref,
-                entry.outcome, entry.request_id,
+                entry.outcome, entry.request_id, reasons.get(entry.seq),
             )
         )
     audit_record(

@@ -10,8 +10,8 @@ here is what the approval executes.
 
 What `suspend_account` does, in one transaction (a DeskError means nothing was written):
 
-- sets `Account.suspended_at` and keeps the reason (`suspension_reason`; the audit log has no
-  room for free text), under the same rules as a four-eyes reason;
+- sets `Account.suspended_at`; the reason, checked like a four-eyes reason, is kept beside the
+  audit entry (`DeskActionReason`: the hash chain holds no free text);
 - ends every open SSO session of the account (`end_all_sessions`, EndReason.ACCOUNT, so the
   OIDC back-channel listener revokes their grants and tells the relying parties) and revokes
   every other live OIDC grant of the account (a session that idled out earlier left its
@@ -158,7 +158,7 @@ def suspend_account(
             Account.status == AccountStatus.ACTIVE.value,
             Account.suspended_at.is_(None),
         )
-        .values(suspended_at=now, suspension_reason=text)
+        .values(suspended_at=now)
         .execution_options(synchronize_session=False)
     )
     if int(getattr(changed, "rowcount", 0) or 0) != 1:
@@ -173,7 +173,7 @@ def suspend_account(
     account_ref = f"account:{account.id}"
     record_event(session, account.id, EventKind.SUSPENDED, at=now, route=HISTORY_ROUTE)
     audit_record(session, settings, staff=staff, action="account.suspended",
-                 object_ref=account_ref, outcome="success")
+                 object_ref=account_ref, outcome="success", reason=text)
     session.commit()
     reload(session, account)
     _notify(app, account, "notice_suspended", _when(now))

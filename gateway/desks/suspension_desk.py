@@ -23,7 +23,7 @@ from gateway.accounts.models import Account
 from gateway.app import get_settings
 from gateway.desks import suspension
 from gateway.desks.auth import current_staff, staff_required
-from gateway.desks.blueprint import desk, nav_item
+from gateway.desks.blueprint import desk, form_field, nav_item
 from gateway.desks.models import StaffRole
 from gateway.desks.service import DeskError
 from gateway.i18n import gettext, lazy_gettext
@@ -31,8 +31,6 @@ from gateway.i18n import gettext, lazy_gettext
 PROCESSORS = (StaffRole.OFFICER.value, StaffRole.SUPERVISOR.value)
 FIELDS = ("username", "birth_date", "reason")
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-#: Longest value read from a form field; the service sets the real limits.
-MAX_FIELD_CHARS = 1000
 NOTICES = {
     "suspended": lazy_gettext(
         "The account has been suspended. Its sessions have ended and its holder has been"
@@ -41,12 +39,8 @@ NOTICES = {
 }
 
 
-def _field(name: str) -> str:
-    value = request.form.get(name, "")
-    return value[:MAX_FIELD_CHARS] if isinstance(value, str) else ""
 
-
-def _birth_date(value: str) -> date | None:
+def parse_birth_date(value: str) -> date | None:
     """The date typed as YYYY-MM-DD, or None."""
     value = value.strip()
     if not _ISO_DATE.fullmatch(value):
@@ -55,6 +49,28 @@ def _birth_date(value: str) -> date | None:
         return date.fromisoformat(value)
     except ValueError:
         return None
+
+
+def holder_account(username: str, birth_date: str) -> tuple[Account | None, dict[str, Any]]:
+    """The account with this username whose holder was born on the date typed, or None and
+    the field errors (also used by /desk/eidas-unlink: the same check against a misheard
+    username)."""
+    from gateway.desks.views import _account_id
+
+    account_id = _account_id(username)
+    account = db.session().get(Account, account_id) if account_id is not None else None
+    if account is None:
+        return None, {"username": gettext(
+            "No account has this username. Check the spelling with the account holder.")}
+    born = parse_birth_date(birth_date)
+    if born is None:
+        return None, {"birth_date": gettext(
+            "Type the date of birth as year-month-day, for example 1980-03-25.")}
+    if born != account.birth_date:
+        return None, {"birth_date": gettext(
+            "This date of birth does not match the account with this username. Check both"
+            " with the account holder.")}
+    return account, {}
 
 
 def _render(status: int = 200, **context: Any) -> tuple[str, int]:
@@ -70,23 +86,11 @@ def _render(status: int = 200, **context: Any) -> tuple[str, int]:
 def suspend() -> Any:
     if request.method == "GET":
         return _render()
-    from gateway.desks.views import _account_id
-
-    values = {name: _field(name) for name in FIELDS}
+    values = {name: form_field(name) for name in FIELDS}
     s = db.session()
-    account_id = _account_id(values["username"])
-    account = s.get(Account, account_id) if account_id is not None else None
+    account, errors = holder_account(values["username"], values["birth_date"])
     if account is None:
-        return _render(422, values=values, notice=None, errors={"username": gettext(
-            "No account has this username. Check the spelling with the account holder.")})
-    born = _birth_date(values["birth_date"])
-    if born is None:
-        return _render(422, values=values, notice=None, errors={"birth_date": gettext(
-            "Type the date of birth as year-month-day, for example 1980-03-25.")})
-    if born != account.birth_date:
-        return _render(422, values=values, notice=None, errors={"birth_date": gettext(
-            "This date of birth does not match the account with this username. Check both"
-            " with the account holder.")})
+        return _render(422, values=values, notice=None, errors=errors)
     try:
         suspension.suspend_account(
             s, get_settings(), current_app._get_current_object(),  # type: ignore[attr-defined]

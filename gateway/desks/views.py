@@ -31,7 +31,7 @@ from gateway.desks import four_eyes, service
 from gateway.desks.api import ID_RE, problem_label, stored_problems
 from gateway.desks.apply import username_key
 from gateway.desks.auth import current_staff, staff_required
-from gateway.desks.blueprint import desk, nav_item
+from gateway.desks.blueprint import desk, form_field, nav_item
 from gateway.desks.models import Application, FourEyesKind, StaffRole
 from gateway.desks.policy import DocumentType
 from gateway.desks.register import TableRegister
@@ -46,8 +46,6 @@ AUDITOR = StaffRole.AUDITOR.value
 SESSION_OPENED = "desk_opened_applications"
 MAX_OPENED = 20
 
-#: Longest value read from any form field; the service sets the real limits.
-MAX_FIELD_CHARS = 1000
 
 DOCUMENT_TYPES = {
     DocumentType.PASSPORT.value: lazy_gettext("Passport"),
@@ -90,10 +88,6 @@ NOTICES = {
 CHECK_FIELDS = ("document_type", "issuing_country", "document_number", "expiry", "surname",
                 "given_names", "mrz")
 
-
-def _field(name: str) -> str:
-    value = request.form.get(name, "")
-    return value[:MAX_FIELD_CHARS] if isinstance(value, str) else ""
 
 
 def _notice() -> Any:
@@ -170,7 +164,7 @@ def find_application_view() -> Any:
     if request.method == "POST":
         try:
             application = service.find_application(
-                db.session(), get_settings(), _field("desk_code")
+                db.session(), get_settings(), form_field("desk_code")
             )
         except DeskError as exc:
             db.session().rollback()
@@ -200,7 +194,7 @@ def record_check(application_id: str) -> Any:
     found = _opened_application(application_id)
     if found is None:
         return _to_find()
-    values = {name: _field(name) for name in CHECK_FIELDS}
+    values = {name: form_field(name) for name in CHECK_FIELDS}
     entry = DocumentEntry(
         document_type=values["document_type"],
         issuing_country=values["issuing_country"],
@@ -234,8 +228,8 @@ def approve(application_id: str) -> Any:
     found = _opened_application(application_id)
     if found is None:
         return _to_find()
-    delivery = _field("delivery")
-    address_text = _field("letter_address")
+    delivery = form_field("delivery")
+    address_text = form_field("letter_address")
     address = [line for line in address_text.splitlines() if line.strip()]
     s = db.session()
     try:
@@ -265,7 +259,7 @@ def reject(application_id: str) -> Any:
     found = _opened_application(application_id)
     if found is None:
         return _to_find()
-    reason = _field("reason")
+    reason = form_field("reason")
     s = db.session()
     try:
         service.reject(s, get_settings(), staff=current_staff(), application_id=found.id,
@@ -323,7 +317,7 @@ def _four_eyes_payload(values: dict[str, str]) -> dict[str, Any]:
 @staff_required(*PROCESSORS)
 def four_eyes_new() -> Any:
     fields = ("kind", "username", "delivery", "letter_address", "phone", "reason")
-    values = {name: _field(name) for name in fields} if request.method == "POST" else {}
+    values = {name: form_field(name) for name in fields} if request.method == "POST" else {}
     errors: dict[str, str] = {}
     if request.method == "POST":
         s = db.session()
@@ -354,7 +348,7 @@ def four_eyes_new() -> Any:
 @desk.post("/four-eyes/<request_id>/decision")
 @staff_required(SUPERVISOR)
 def four_eyes_decision(request_id: str) -> Any:
-    decision = _field("decision")
+    decision = form_field("decision")
     if not ID_RE.fullmatch(request_id) or decision not in ("approve", "refuse"):
         return redirect(url_for("desk.four_eyes_list"))
     s = db.session()
@@ -389,7 +383,8 @@ def audit_trail() -> Any:
         entries = service.list_audit(db.session(), staff=staff, desk=staff.desk)
     except DeskError as exc:
         return render_template("desk/audit.html", entries=[], error=str(exc.message)), 403
-    return render_template("desk/audit.html", entries=entries, error=None)
+    reasons = service.action_reasons(db.session(), (entry.seq for entry in entries))
+    return render_template("desk/audit.html", entries=entries, reasons=reasons, error=None)
 
 
 nav_item("desk.audit_trail", lazy_gettext("Audit trail"), AUDITOR)

@@ -192,6 +192,13 @@ async function desk(browser) {
   await submitAndAudit(page, "desk-four-eyes-errors", "/desk/four-eyes/new");
   await visit(page, "desk-suspend", "/desk/suspend");
   await submitAndAudit(page, "desk-suspend-errors", "/desk/suspend");
+  await visit(page, "desk-eidas-unlink", "/desk/eidas-unlink");
+  await submitAndAudit(page, "desk-eidas-unlink-errors", "/desk/eidas-unlink");
+  await submitAndAudit(page, "desk-eidas-unlink-links", "/desk/eidas-unlink",
+                       { username: d.unlink.username, birth_date: d.unlink.birth_date });
+  await submitAndAudit(page, "desk-eidas-unlink-links-errors", "/desk/eidas-unlink");
+  await submitAndAudit(page, "desk-eidas-unlink-removed", "/desk/eidas-unlink",
+                       { link: d.unlink.link, reason: d.unlink.reason });
   await visit(page, "desk-password", "/desk/password");
   await context.close();
 
