@@ -29,6 +29,7 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from gateway import clock
+from gateway.accounts.history import EventKind, record_event
 from gateway.accounts.models import Account
 from gateway.app import get_settings
 from gateway.db import get_db
@@ -68,6 +69,7 @@ DESK_PAGES = {
     "desk-check-result": 200, "desk-approved": 200, "desk-four-eyes": 200,
     "desk-four-eyes-new": 200, "desk-four-eyes-errors": 422, "desk-password": 200,
     "desk-audit": 200, "desk-suspend": 200, "desk-suspend-errors": 422,
+    "desk-account": 200, "desk-account-errors": 422, "desk-account-overview": 200,
     "desk-eidas-unlink": 200, "desk-eidas-unlink-errors": 422, "desk-eidas-unlink-links": 200,
     "desk-eidas-unlink-links-errors": 422, "desk-eidas-unlink-removed": 200,
 }
@@ -130,7 +132,8 @@ def live_app(make_app: Callable[..., Flask]) -> Iterator[tuple[Flask, str]]:
 
 
 def _seed_link(app: Flask, officer_id: str, supervisor_id: str) -> dict[str, str]:
-    """An account with a European eID linked the four-eyes way, for /desk/eidas-unlink."""
+    """An account with a European eID linked the four-eyes way, for /desk/eidas-unlink (and,
+    before the link is removed, /desk/account)."""
     from gateway.app import get_policies
     from gateway.desks import eidas_links, four_eyes
     from gateway.desks.models import StaffAccount
@@ -159,6 +162,10 @@ def _seed_link(app: Flask, officer_id: str, supervisor_id: str) -> dict[str, str
             four_eyes.decide_four_eyes(s, settings, app, supervisor=supervisor,
                                        request_id=request.id, approve=True)
             link_id = eidas_links.links_of(s, account_id)[0].id
+            # A login in the usage history, for the table of /desk/account.
+            record_event(s, account_id, EventKind.LOGIN, service="Belastingdienst",
+                         level="substantieel", route="eidas")
+            s.commit()
             birth_date = account.birth_date.isoformat()
         finally:
             s.close()

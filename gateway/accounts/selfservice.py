@@ -77,7 +77,7 @@ from gateway.sms.codes import VerifyOutcome
 from gateway.sms.dispatch import DeliveryFailed, get_dispatcher
 from gateway.sms.limits import LimitExceeded, SendingUnavailable
 from gateway.sms.messages import SERVICE_NAME, message_language
-from gateway.sms.phone import Phone, PhoneRejected, parse_phone
+from gateway.sms.phone import Phone, PhoneRejected, last_digits, parse_phone
 from gateway.sms.purposes import Purpose
 from gateway.sms.service import get_sms_service
 from gateway.store import StoreUnavailable, get_store
@@ -246,10 +246,6 @@ def _check_password(session: Session, settings: Settings, account: Account,
         raise WrongPassword()
 
 
-def _last_digits(e164: str | None) -> str:
-    return e164[-2:] if e164 and len(e164) > 4 else ""
-
-
 # --- password -------------------------------------------------------------------------------
 
 
@@ -384,7 +380,7 @@ def _old_number_notice(app: Flask, account: Account, new_e164: str) -> tuple[Pho
         log.warning("phone change notice skipped: the old number fails the phone policy")
         return None
     text = _PHONE_NOTICE[message_language(account.language)].format(
-        service=SERVICE_NAME, digits=_last_digits(new_e164)
+        service=SERVICE_NAME, digits=last_digits(new_e164)
     )
     try:
         get_sms_service(app).count_message(phone=old, text=text, account_id=account.id)
@@ -432,7 +428,7 @@ def finish_phone_change(
     _audit(session, settings, account, "account.phone_change", "success")
     session.commit()
     reload(session, account)
-    digits = _last_digits(pending.e164)
+    digits = last_digits(pending.e164)
     if notice is not None and old_e164 == notice[0].e164:
         try:
             get_dispatcher(app).send(

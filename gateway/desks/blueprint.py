@@ -24,6 +24,7 @@ VIEW_MODULES: tuple[str, ...] = (
     "gateway.desks.auth",
     "gateway.desks.views",
     "gateway.desks.eidas_link_desk",
+    "gateway.desks.account_desk",
     "gateway.desks.suspension_desk",
     "gateway.desks.eidas_unlink_desk",
     "gateway.desks.api",

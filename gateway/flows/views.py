@@ -59,6 +59,7 @@ from gateway.i18n import (
 )
 from gateway.levels import Level
 from gateway.sms.codes import VerifyOutcome
+from gateway.sms.phone import last_digits
 from gateway.sms.purposes import Purpose
 from gateway.sms.service import LimitExceeded, PhoneRejected, SendingUnavailable, get_sms_service
 from gateway.web import allow_form_action, no_store, regenerate_session
@@ -216,11 +217,6 @@ def _stale(flow: LoginFlow, *states: FlowState) -> bool:
     return flow.flow_state not in states
 
 
-def _mask(e164: str | None) -> str:
-    """The last two digits: enough for the owner to recognise the number, no more."""
-    return e164[-2:] if e164 and len(e164) > 4 else ""
-
-
 def _send_code(
     flow: LoginFlow, account: Account, *, previous: datetime | None, marked: bool = False
 ) -> str | None:
@@ -327,7 +323,7 @@ def _factor_page(
     template = "totp.html" if factor is SecondFactor.TOTP else "code.html"
     return _page(
         template, current, status, errors=errors or {}, factor=factor, notice=_notice(),
-        phone=_mask(account.phone_e164), sent=current.code_sent_at is not None,
+        phone=last_digits(account.phone_e164), sent=current.code_sent_at is not None,
         other_factors=[f for f in factors if f is not factor],
     )
 

@@ -315,6 +315,12 @@ def _decide(number: phonenumbers.PhoneNumber, policy: SmsPolicy) -> Phone:
     )
 
 
+def last_digits(e164: str | None) -> str:
+    """The last two digits of a number: enough for its owner to recognise it, no more (what
+    pages, mails and SMS records show of a phone number; "" for none)."""
+    return e164[-2:] if e164 and len(e164) > 4 else ""
+
+
 def parse_phone(raw: str, policy: SmsPolicy, *, default_region: str | None = None) -> Phone:
     """Read what a person typed; a `Phone` that may receive codes, or `PhoneRejected`.
 

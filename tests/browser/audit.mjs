@@ -192,6 +192,10 @@ async function desk(browser) {
   await submitAndAudit(page, "desk-four-eyes-errors", "/desk/four-eyes/new");
   await visit(page, "desk-suspend", "/desk/suspend");
   await submitAndAudit(page, "desk-suspend-errors", "/desk/suspend");
+  await visit(page, "desk-account", "/desk/account");
+  await submitAndAudit(page, "desk-account-errors", "/desk/account");
+  await submitAndAudit(page, "desk-account-overview", "/desk/account",
+                       { username: d.unlink.username, birth_date: d.unlink.birth_date });
   await visit(page, "desk-eidas-unlink", "/desk/eidas-unlink");
   await submitAndAudit(page, "desk-eidas-unlink-errors", "/desk/eidas-unlink");
   await submitAndAudit(page, "desk-eidas-unlink-links", "/desk/eidas-unlink",
