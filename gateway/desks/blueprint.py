@@ -15,7 +15,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, Flask, request
+from flask import Blueprint, Flask, current_app, request
 
 from gateway.web import csrf_exempt
 
@@ -66,7 +66,17 @@ def nav_item(endpoint: str, label: Any, *roles: str) -> None:
 
 
 def nav_for(role: str) -> list[NavItem]:
-    return [item for item in NAV_ITEMS if not item.roles or role in item.roles]
+    """The items `role` sees, in the order of VIEW_MODULES (then as each module adds them),
+    whichever module happened to be imported first."""
+    views = current_app.view_functions
+
+    def position(item: NavItem) -> int:
+        view = views.get(item.endpoint)
+        module = getattr(view, "__module__", "")
+        return VIEW_MODULES.index(module) if module in VIEW_MODULES else len(VIEW_MODULES)
+
+    return sorted((item for item in NAV_ITEMS if not item.roles or role in item.roles),
+                  key=position)
 
 
 def init_app(app: Flask) -> None:
