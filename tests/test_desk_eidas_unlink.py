@@ -185,6 +185,9 @@ def test_the_desk_removes_a_link_at_once(
         assert shown in page, shown
     assert 'value="' + linked["link"] + '"' in page
     assert "Kowalska" not in page and linked["stranger"] not in page  # nothing of others
+    # Showing the eIDs' identities is recorded, like the account overview.
+    assert ("account.eid_links_viewed", f"account:{known}", "staff:o.officer",
+            desk.staff(desk.officer_web).desk) in _audit(s)
 
     done = post_form(client, PAGE + "?lang=en", {
         "step": "remove", "username": KNOWN, "birth_date": _birth(desk, known),
@@ -287,6 +290,7 @@ def test_the_date_of_birth_must_match_before_anything_is_shown(
             assert response.status_code == 422 and message in text, (username, typed, step)
             assert "Müller" not in text and 'name="link"' not in text
     assert len(desk.links()) == 3
+    assert "account.eid_links_viewed" not in [e[0] for e in _audit(s)]
 
 
 @pytest.mark.parametrize("reason", ["", "   ", "x" * 501, "line\x00break"])

@@ -29,7 +29,7 @@ from gateway.desks import eidas_links
 from gateway.desks.auth import current_staff, staff_required
 from gateway.desks.blueprint import desk, form_field, nav_item
 from gateway.desks.models import StaffRole
-from gateway.desks.service import DeskError
+from gateway.desks.service import DeskError, audit_record
 from gateway.desks.suspension_desk import holder_account
 from gateway.i18n import lazy_gettext
 
@@ -56,7 +56,13 @@ def _render(status: int = 200, **context: Any) -> tuple[str, int]:
 
 def _links_page(account: Account, values: dict[str, str], status: int = 200,
                 errors: dict[str, Any] | None = None) -> tuple[str, int]:
-    links = eidas_links.links_shown(db.session(), get_settings(), account)
+    """Step 2. It shows the eIDs' identities, so each showing is an audit entry, like the
+    account overview's `account.viewed` (gateway.desks.account_desk)."""
+    s = db.session()
+    links = eidas_links.links_shown(s, get_settings(), account)
+    audit_record(s, get_settings(), staff=current_staff(), action="account.eid_links_viewed",
+                 object_ref=f"account:{account.id}", outcome="success")
+    s.commit()
     return _render(status, values=values, account=account, links=links, errors=errors or {},
                    notice=None)
 
