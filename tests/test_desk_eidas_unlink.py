@@ -290,7 +290,10 @@ def test_the_date_of_birth_must_match_before_anything_is_shown(
             assert response.status_code == 422 and message in text, (username, typed, step)
             assert "Müller" not in text and 'name="link"' not in text
     assert len(desk.links()) == 3
-    assert "account.eid_links_viewed" not in [e[0] for e in _audit(s)]
+    actions = [e[0] for e in _audit(s)]
+    assert "account.eid_links_viewed" not in actions
+    # Every lookup that found nothing is recorded, on this page as on the others.
+    assert actions.count("account.lookup_failed") == 10
 
 
 @pytest.mark.parametrize("reason", ["", "   ", "x" * 501, "line\x00break"])

@@ -491,6 +491,12 @@ def test_the_page_suspends_in_both_languages(app: Flask, s: Session, desk: Desk)
             "username": KNOWN, "birth_date": typed, "reason": REASON})
         assert wrong.status_code == 422 and message in wrong.get_data(as_text=True), typed
     assert desk.account(account_id).suspended_at is None
+    failed = s.scalars(sa.select(AuditEntry.outcome).where(
+        AuditEntry.action == "account.lookup_failed").order_by(AuditEntry.seq)).all()
+    s.commit()
+    assert failed == ["failure:unknown_username", "failure:bad_birth_date",
+                      "failure:bad_birth_date", "failure:bad_birth_date",
+                      "failure:birth_date_mismatch"]
 
     done = post_form(client, "/desk/suspend", {
         "username": "Jan.Jansen", "birth_date": f" {birth} ", "reason": REASON})

@@ -41,7 +41,7 @@ from gateway.desks.auth import current_staff, staff_required
 from gateway.desks.blueprint import desk, form_field, nav_item
 from gateway.desks.models import FourEyesKind, FourEyesRequest, FourEyesStatus, StaffRole
 from gateway.desks.service import audit_record
-from gateway.desks.suspension_desk import holder_account, parse_birth_date
+from gateway.desks.suspension_desk import holder_account
 from gateway.desks.views import FOUR_EYES_LABELS
 from gateway.i18n import lazy_gettext
 from gateway.sms.phone import last_digits
@@ -51,7 +51,6 @@ FIELDS = ("username", "birth_date")
 #: How many usage-history events the overview lists, newest first.
 HISTORY_SHOWN = 10
 AUDIT_VIEWED = "account.viewed"
-AUDIT_LOOKUP_FAILED = "account.lookup_failed"
 
 STATUSES = {
     AccountStatus.PENDING_ACTIVATION.value: lazy_gettext("Not yet activated"),
@@ -172,16 +171,6 @@ def overview(session: Session, account: Account) -> Overview:
     )
 
 
-def _failure(birth_date: str, errors: dict[str, Any]) -> str:
-    """The audit outcome of a lookup that found nothing (never the username typed: a
-    mistyped one may be someone else's, and the audit trail is kept for years)."""
-    if "username" in errors:
-        return "failure:unknown_username"
-    if parse_birth_date(birth_date) is None:
-        return "failure:bad_birth_date"
-    return "failure:birth_date_mismatch"
-
-
 def _render(status: int = 200, **context: Any) -> tuple[str, int]:
     context.setdefault("errors", {})
     context.setdefault("values", {})
@@ -200,12 +189,7 @@ def account_overview() -> Any:
     values = {name: form_field(name) for name in FIELDS}
     s = db.session()
     account, errors = holder_account(values["username"], values["birth_date"])
-    if account is None:
-        s.rollback()
-        audit_record(s, get_settings(), staff=current_staff(), action=AUDIT_LOOKUP_FAILED,
-                     object_ref=None,
-                     outcome=_failure(values["birth_date"], errors))
-        s.commit()
+    if account is None:  # recorded as `account.lookup_failed` by holder_account
         return _render(422, values=values, errors=errors)
     view = overview(s, account)
     audit_record(s, get_settings(), staff=current_staff(), action=AUDIT_VIEWED,

@@ -25,10 +25,12 @@ from gateway.desks import suspension
 from gateway.desks.auth import current_staff, staff_required
 from gateway.desks.blueprint import desk, form_field, nav_item
 from gateway.desks.models import StaffRole
-from gateway.desks.service import DeskError
+from gateway.desks.service import DeskError, audit_record
 from gateway.i18n import gettext, lazy_gettext
 
 PROCESSORS = (StaffRole.OFFICER.value, StaffRole.SUPERVISOR.value)
+#: The audit action of a desk lookup by username that found nothing (`holder_account`).
+LOOKUP_FAILED = "account.lookup_failed"
 FIELDS = ("username", "birth_date", "reason")
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 NOTICES = {
@@ -53,24 +55,35 @@ def parse_birth_date(value: str) -> date | None:
 
 def holder_account(username: str, birth_date: str) -> tuple[Account | None, dict[str, Any]]:
     """The account with this username whose holder was born on the date typed, or None and
-    the field errors (also used by /desk/eidas-unlink: the same check against a misheard
-    username)."""
+    the field errors: the check every desk page that finds an account by its username makes
+    (/desk/suspend, /desk/eidas-unlink, /desk/account), against a misheard username.
+
+    A lookup that finds nothing is an audit entry `account.lookup_failed` (committed), with no
+    object and never the username typed (a mistyped one may be someone else's), so auditors
+    see fishing on any of these pages."""
     from gateway.desks.views import _account_id
 
+    s = db.session()
     account_id = _account_id(username)
-    account = db.session().get(Account, account_id) if account_id is not None else None
-    if account is None:
-        return None, {"username": gettext(
-            "No account has this username. Check the spelling with the account holder.")}
+    account = s.get(Account, account_id) if account_id is not None else None
     born = parse_birth_date(birth_date)
-    if born is None:
-        return None, {"birth_date": gettext(
+    if account is None:
+        failure, errors = "unknown_username", {"username": gettext(
+            "No account has this username. Check the spelling with the account holder.")}
+    elif born is None:
+        failure, errors = "bad_birth_date", {"birth_date": gettext(
             "Type the date of birth as year-month-day, for example 1980-03-25.")}
-    if born != account.birth_date:
-        return None, {"birth_date": gettext(
+    elif born != account.birth_date:
+        failure, errors = "birth_date_mismatch", {"birth_date": gettext(
             "This date of birth does not match the account with this username. Check both"
             " with the account holder.")}
-    return account, {}
+    else:
+        return account, {}
+    s.rollback()
+    audit_record(s, get_settings(), staff=current_staff(), action=LOOKUP_FAILED,
+                 object_ref=None, outcome=f"failure:{failure}")
+    s.commit()
+    return None, errors
 
 
 def _render(status: int = 200, **context: Any) -> tuple[str, int]:
