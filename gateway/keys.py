@@ -948,7 +948,8 @@ def _error(message: str) -> click.ClickException:
     return _RevokeError(message)
 
 
-@keys_cli.command("revoke")
+# A kid is a base64url thumbprint and may begin with "-": taken as the KID, not an unknown option.
+@keys_cli.command("revoke", context_settings={"ignore_unknown_options": True})
 @click.argument("kid")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def revoke_command(kid: str, yes: bool) -> None:

@@ -380,12 +380,15 @@ def test_cli_revoke_asks_first_and_no_changes_nothing(
     assert f"ES256 key {kid} revoked" in result.stdout
 
 
-@pytest.mark.parametrize("which", ["unknown", "garbage", "revoked"])
+@pytest.mark.parametrize("which", ["unknown", "dash", "garbage", "revoked"])
 def test_cli_revoke_refuses_in_one_line_with_exit_2(
     app: Flask, settings: Settings, which: str
 ) -> None:
     keys = get_keys(app)
-    kid = {"unknown": "B" * 43, "garbage": "x\ny", "revoked": keys.active("RS256").kid}[which]
+    # "dash": a kid (base64url) may begin with "-"; it is still read as the KID, never as an
+    # unknown option (a usage error, exit 2 with click's "No such option").
+    kid = {"unknown": "B" * 43, "dash": "-N" + "B" * 41, "garbage": "x\ny",
+           "revoked": keys.active("RS256").kid}[which]
     if which == "revoked":
         assert revoke(settings, kid, "--yes").exit_code == 0
     written = keys.manifest_path.read_bytes()
